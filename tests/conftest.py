@@ -1,0 +1,82 @@
+"""Shared test helpers: PyTorch on the CPU is the oracle (a test-only dependency)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import tracefuse
+
+torch.set_num_threads(1)
+
+_TO_TORCH = {
+    "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64,
+    "int8": torch.int8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64,
+    "uint8": torch.uint8, "bool": torch.bool,
+}
+
+
+def torch_dtype(d):
+    return _TO_TORCH[d.name]
+
+
+def tf_dtype(d):
+    return getattr(tracefuse, str(d).replace("torch.", ""))
+
+
+def to_torch(t, requires_grad=None):
+    """A torch copy of a tracefuse tensor (leaf; requires_grad copied unless given)."""
+    data = t.detach().numpy()
+    if t.dtype is tracefuse.bfloat16:
+        out = torch.from_numpy(data.astype(np.float32).copy()).to(torch.bfloat16)
+    else:
+        out = torch.from_numpy(np.array(data, copy=True))
+    rg = t.requires_grad if requires_grad is None else requires_grad
+    return out.requires_grad_(rg) if rg else out
+
+
+def to_numpy(t):
+    """Values of a tracefuse or torch tensor as a float64/int/bool NumPy array."""
+    if isinstance(t, torch.Tensor):
+        t = t.detach()
+        if t.dtype in (torch.bfloat16, torch.float16):
+            t = t.float()
+        return t.numpy()
+    data = t.detach().numpy()
+    return data.astype(np.float32) if t.dtype in (tracefuse.bfloat16, tracefuse.float16) else data
+
+
+def assert_same(ours, theirs, rtol=None, atol=None, check_dtype=True):
+    """Compare a tracefuse result with torch's: shape, dtype and values (torch.testing defaults)."""
+    if isinstance(theirs, (tuple, list)):
+        assert isinstance(ours, (tuple, list)) and len(ours) == len(theirs)
+        for a, b in zip(ours, theirs):
+            assert_same(a, b, rtol, atol, check_dtype)
+        return
+    if theirs is None:
+        assert ours is None
+        return
+    assert ours is not None, "tracefuse returned None where torch returned a tensor"
+    assert tuple(ours.shape) == tuple(theirs.shape), f"shape {tuple(ours.shape)} != {tuple(theirs.shape)}"
+    if check_dtype:
+        assert torch_dtype(ours.dtype) == theirs.dtype, f"dtype {ours.dtype} != {theirs.dtype}"
+    expected = theirs.detach()
+    actual = torch.from_numpy(np.array(to_numpy(ours), copy=True)).to(expected.dtype)
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, equal_nan=True, check_dtype=False)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need a CUDA device; skip them with a reason everywhere else."""
+    from tracefuse.runtime import devices
+
+    if devices.cuda_device_count() > 0:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,57 @@
+"""The command line: `python -m tracefuse doctor` runs anywhere, and the CLI never imports torch."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run_python(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_doctor_runs_and_reports_the_stack():
+    proc = _run_python("-m", "tracefuse", "doctor")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.lower()
+    for word in ("tracefuse", "numpy", "triton", "cuda", "torch"):
+        assert word in out, f"{word!r} missing from doctor output:\n{proc.stdout}"
+
+
+def test_importing_the_cli_does_not_import_torch():
+    proc = _run_python(
+        "-c",
+        "import sys, tracefuse, tracefuse.cli; "
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))",
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["doctor", "--help"]])
+def test_parser_basics(argv, capsys):
+    from tracefuse.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    assert "tracefuse" in capsys.readouterr().out
+
+
+def test_demo_subcommand_exists():
+    from tracefuse.cli import build_parser
+
+    args = build_parser().parse_args(["demo"])
+    assert args.command == "demo"

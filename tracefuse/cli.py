@@ -1,0 +1,188 @@
+"""The ``tracefuse`` command line: ``tracefuse doctor`` and ``tracefuse demo``.
+
+Everything heavy (numpy, triton, cuda-python, rich) is imported inside the command that
+needs it, so the CLI starts fast. PyTorch is never imported: ``doctor`` only looks it up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import importlib.util
+import platform
+import sys
+
+_DEMO_MODULE = "tracefuse.demo"
+
+
+def version() -> str:
+    """The installed tracefuse version, or ``0.1.0+local`` when run from a plain checkout."""
+    try:
+        return importlib.metadata.version("tracefuse")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.1.0+local"
+
+
+def _one_line(exc: BaseException) -> str:
+    """``TypeName: first line of the message`` -- errors in the doctor table stay on one row."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _dist_version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _probe_import(module: str, dist: str) -> str:
+    """Import ``module`` and return its version, or the import error on one line."""
+    try:
+        mod = importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 -- any failure is what doctor reports
+        return f"not importable ({_one_line(exc)})"
+    return getattr(mod, "__version__", None) or _dist_version(dist) or "version unknown"
+
+
+def _probe_cuda_python() -> str:
+    """cuda-python 12.6+ lives in ``cuda.bindings``; older releases in ``cuda``."""
+    errors = []
+    for module in ("cuda.bindings", "cuda"):
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"{module}: {_one_line(exc)}")
+            continue
+        found = _dist_version("cuda-python") or _dist_version("cuda-bindings") or "version unknown"
+        return f"{found} (import {module})"
+    return "not importable (" + "; ".join(errors) + ")"
+
+
+def _driver_api():
+    try:
+        from cuda.bindings import driver
+    except ImportError:
+        from cuda import cuda as driver  # cuda-python < 12.6
+    return driver
+
+
+def _probe_cuda_driver() -> str:
+    """Ask the CUDA driver API (through cuda-python) for the visible GPUs."""
+    try:
+        driver = _driver_api()
+    except Exception as exc:  # noqa: BLE001
+        return f"unknown: cuda-python not importable ({_one_line(exc)})"
+    try:
+        ok = driver.CUresult.CUDA_SUCCESS
+
+        def check(result):
+            err, *values = result
+            if err != ok:
+                raise RuntimeError(getattr(err, "name", str(err)))
+            return values[0] if len(values) == 1 else values
+
+        check(driver.cuInit(0))
+        drv = check(driver.cuDriverGetVersion())
+        gpus = []
+        for ordinal in range(check(driver.cuDeviceGetCount())):
+            dev = check(driver.cuDeviceGet(ordinal))
+            name = bytes(check(driver.cuDeviceGetName(256, dev))).split(b"\0", 1)[0].decode()
+            gpus.append(f"cuda:{ordinal} {name}")
+    except Exception as exc:  # noqa: BLE001
+        return f"no CUDA driver ({_one_line(exc)})"
+    summary = f"driver {drv // 1000}.{drv % 1000 // 10}, {len(gpus)} GPU(s)"
+    return "; ".join([summary, *gpus]) if gpus else f"{summary}: no GPU visible"
+
+
+def _probe_torch() -> str:
+    """Whether torch is installed, found without importing it."""
+    if importlib.util.find_spec("torch") is None:
+        return "not installed (needed only as the test oracle)"
+    return f"{_dist_version('torch') or 'version unknown'} installed (test oracle; never imported)"
+
+
+def doctor_report() -> list[tuple[str, str]]:
+    """The rows ``tracefuse doctor`` prints, as (component, status) pairs."""
+    return [
+        ("tracefuse", version()),
+        ("python", f"{platform.python_version()} ({sys.executable})"),
+        ("numpy", _probe_import("numpy", "numpy")),
+        ("networkx", _probe_import("networkx", "networkx")),
+        ("ml_dtypes", _probe_import("ml_dtypes", "ml_dtypes")),
+        ("triton", _probe_import("triton", "triton")),
+        ("cuda-python", _probe_cuda_python()),
+        ("cuda driver", _probe_cuda_driver()),
+        ("torch", _probe_torch()),
+    ]
+
+
+def _print_table(rows: list[tuple[str, str]]) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        width = max(len(name) for name, _ in rows)
+        for name, status in rows:
+            print(f"{name:<{width}}  {status}")
+        return
+    table = Table(title="tracefuse doctor")
+    table.add_column("component", style="bold")
+    table.add_column("status", overflow="fold")
+    for name, status in rows:
+        table.add_row(name, status)
+    Console().print(table)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    _print_table(doctor_report())
+    return 0
+
+
+def _load_demo():
+    """``tracefuse.demo`` if it exists, else None. Other import errors are returned, not
+    raised, so a broken demo module cannot take ``tracefuse doctor`` down with it."""
+    try:
+        return importlib.import_module(_DEMO_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name == _DEMO_MODULE:
+            return None
+        return exc
+    except Exception as exc:  # noqa: BLE001
+        return exc
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    demo = args.demo_module
+    if demo is None:
+        print("tracefuse demo: not available yet (tracefuse/demo.py is missing)")
+        return 0
+    if isinstance(demo, BaseException):
+        raise demo
+    return demo.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tracefuse", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"tracefuse {version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    doctor = commands.add_parser("doctor", help="report versions, Triton/CUDA availability and GPUs")
+    doctor.set_defaults(func=_cmd_doctor)
+
+    demo_parser = commands.add_parser("demo", help="compile and run a small recurrent model")
+    demo = _load_demo()
+    if demo is not None and not isinstance(demo, BaseException):
+        demo.add_arguments(demo_parser)
+    demo_parser.set_defaults(func=_cmd_demo, demo_module=demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

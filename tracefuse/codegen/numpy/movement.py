@@ -1,0 +1,117 @@
+"""Movement and indexing ops: NumPy views where the layout allows (as PyTorch's views), copies otherwise."""
+from __future__ import annotations
+
+import numpy as np
+
+from ...ir.ops import TensorSlot, register_impl
+
+
+@register_impl("reshape")
+def reshape(x, *, shape):
+    return np.reshape(x, shape)
+
+
+@register_impl("permute")
+def permute(x, *, dims):
+    return np.transpose(x, dims)
+
+
+@register_impl("expand")
+def expand(x, *, shape):
+    return np.broadcast_to(x, shape)
+
+
+@register_impl("flip")
+def flip(x, *, dims):
+    return np.flip(x, dims)
+
+
+@register_impl("repeat")
+def repeat(x, *, repeats):
+    return np.tile(x.reshape((1,) * (len(repeats) - x.ndim) + x.shape), repeats)
+
+
+@register_impl("clone")
+def clone(x):
+    return x.copy()
+
+
+def _key(index, tensors):
+    """The NumPy key for an indexing attr: placeholders replaced by the index arrays. A key of only
+    ints and slices gets a trailing Ellipsis so that NumPy returns a view even for a single element."""
+    key = tuple(tensors[item.k] if isinstance(item, TensorSlot) else item for item in index)
+    if not tensors and Ellipsis not in key:
+        key = key + (Ellipsis,)
+    return key
+
+
+@register_impl("getitem")
+def getitem(x, *tensors, index):
+    return x[_key(index, tensors)]
+
+
+@register_impl("index_put")
+def index_put(x, values, *tensors, index, accumulate):
+    out = x.copy()
+    key = _key(index, tensors)
+    if accumulate:
+        np.add.at(out, key, values)
+    else:
+        out[key] = values
+    return out
+
+
+@register_impl("cat")
+def cat(*xs, dim):
+    return np.concatenate(xs, axis=dim)
+
+
+def _leading_block(x, shape, dim):
+    """x cut to `shape` in every dim but `dim`: gather/scatter indices may be smaller than x."""
+    return x[tuple(slice(None) if d == dim else slice(0, n) for d, n in enumerate(shape))]
+
+
+@register_impl("gather")
+def gather(x, index, *, dim):
+    return np.take_along_axis(_leading_block(x, index.shape, dim), index, axis=dim)
+
+
+@register_impl("scatter")
+def scatter(x, index, src, *, dim, reduce):
+    out = x.copy()
+    grid = list(np.indices(index.shape, sparse=True))
+    grid[dim] = index
+    key = tuple(grid)
+    values = _leading_block(src, index.shape, dim)[tuple(slice(0, n) for n in index.shape)] \
+        if np.ndim(src) else src
+    if reduce == "add":
+        np.add.at(out, key, values)
+    elif reduce == "multiply":
+        np.multiply.at(out, key, values)
+    else:
+        out[key] = values
+    return out
+
+
+@register_impl("index_select")
+def index_select(x, index, *, dim):
+    return np.take(x, index, axis=dim)
+
+
+@register_impl("pad")
+def pad(x, *, pad, value):
+    widths = [(0, 0)] * x.ndim
+    for i in range(len(pad) // 2):
+        widths[x.ndim - 1 - i] = (pad[2 * i], pad[2 * i + 1])
+    crop = tuple(slice(max(-lo, 0), x.shape[d] - max(-hi, 0)) for d, (lo, hi) in enumerate(widths))
+    return np.pad(x[crop], [(max(lo, 0), max(hi, 0)) for lo, hi in widths], constant_values=value)
+
+
+@register_impl("tril")
+def tril(x, *, diagonal):
+    return np.tril(x, diagonal)
+
+
+@register_impl("triu")
+def triu(x, *, diagonal):
+    return np.triu(x, diagonal)

@@ -1,0 +1,107 @@
+"""Reductions. `dim` is a tuple of non-negative axes, or None for all of them."""
+from __future__ import annotations
+
+import numpy as np
+
+from ...ir.ops import register_impl
+
+
+@register_impl("sum")
+def sum_(x, *, dim, keepdim):
+    return np.sum(x, axis=dim, keepdims=keepdim)
+
+
+@register_impl("prod")
+def prod(x, *, dim, keepdim):
+    return np.prod(x, axis=dim, keepdims=keepdim)
+
+
+@register_impl("mean")
+def mean(x, *, dim, keepdim):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.mean(x, axis=dim, keepdims=keepdim)
+
+
+@register_impl("amax")
+def amax(x, *, dim, keepdim):
+    return np.max(x, axis=dim, keepdims=keepdim)
+
+
+@register_impl("amin")
+def amin(x, *, dim, keepdim):
+    return np.min(x, axis=dim, keepdims=keepdim)
+
+
+def _extreme_with_index(x, dim, keepdim, arg):
+    idx = arg(x, axis=dim, keepdims=True)
+    values = np.take_along_axis(x, idx, axis=dim)
+    if not keepdim:
+        values, idx = values.squeeze(dim), idx.squeeze(dim)
+    return values, idx.astype(np.int64)
+
+
+@register_impl("max_dim")
+def max_dim(x, *, dim, keepdim):
+    return _extreme_with_index(x, dim, keepdim, np.argmax)
+
+
+@register_impl("min_dim")
+def min_dim(x, *, dim, keepdim):
+    return _extreme_with_index(x, dim, keepdim, np.argmin)
+
+
+@register_impl("argmax")
+def argmax(x, *, dim, keepdim):
+    return np.argmax(x, axis=dim, keepdims=keepdim) if dim is not None else np.argmax(x)
+
+
+@register_impl("argmin")
+def argmin(x, *, dim, keepdim):
+    return np.argmin(x, axis=dim, keepdims=keepdim) if dim is not None else np.argmin(x)
+
+
+@register_impl("var")
+def var(x, *, dim, correction, keepdim):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.var(x, axis=dim, ddof=correction, keepdims=keepdim)
+
+
+@register_impl("norm")
+def norm(x, *, p, dim, keepdim):
+    a = np.abs(x)
+    if p == 2:
+        return np.sqrt(np.sum(a * a, axis=dim, keepdims=keepdim))
+    if p == float("inf"):
+        return np.max(a, axis=dim, keepdims=keepdim)
+    if p == float("-inf"):
+        return np.min(a, axis=dim, keepdims=keepdim)
+    if p == 0:
+        return np.sum(a != 0, axis=dim, keepdims=keepdim).astype(x.dtype)
+    if p == 1:
+        return np.sum(a, axis=dim, keepdims=keepdim)
+    with np.errstate(all="ignore"):
+        return np.sum(a ** p, axis=dim, keepdims=keepdim) ** (1.0 / p)
+
+
+@register_impl("logsumexp")
+def logsumexp(x, *, dim, keepdim):
+    m = np.max(x, axis=dim, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.sum(np.exp(x - m), axis=dim, keepdims=True)) + m
+    return out if keepdim else np.squeeze(out, axis=dim)
+
+
+@register_impl("cumsum")
+def cumsum(x, *, dim):
+    return np.cumsum(x, axis=dim)
+
+
+@register_impl("all")
+def all_(x, *, dim, keepdim):
+    return np.all(x, axis=dim, keepdims=keepdim)
+
+
+@register_impl("any")
+def any_(x, *, dim, keepdim):
+    return np.any(x, axis=dim, keepdims=keepdim)

@@ -1,0 +1,117 @@
+"""The dispatcher: the one entry point every tensor operation goes through.
+
+`dispatch(op, *inputs, **attrs)` looks the op up in the op table, works out the result dtype by
+the table's dtype rule, runs the op on the inputs' device and, when grad mode is on and an input
+requires grad, records the op for autograd.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import autograd, dtypes
+from . import tensor as _tensor
+from .codegen import numpy as _numpy_backend  # noqa: F401  (registers the NumPy implementations)
+from .device import as_device
+from .ir import ops as _ops
+from .runtime import devices as _devices
+
+_COMPUTE_IN_FLOAT32 = ("elementwise", "reduce", "matmul", "composite")
+_HALF = (dtypes.float16.np_type, dtypes.bfloat16.np_type)
+
+
+def dispatch(name: str, *inputs, **attrs):
+    """Run op `name` on `inputs` (tensors and Python scalars); returns a tensor or a tuple."""
+    op = _ops.get(name)
+    Tensor = _tensor.Tensor
+    tensors = [x for x in inputs if isinstance(x, Tensor)]
+    device = _common_device(tensors, attrs)
+    if device.type != "cpu":
+        _devices.backend(device)  # raises until a CUDA backend exists for this device
+    out_dtype = _result_dtype(op, inputs, attrs)
+    result = op.impl(*_arguments(op, inputs, out_dtype), **attrs)
+    arrays = result if isinstance(result, tuple) else (result,)
+    outputs = tuple(_wrap(op, j, a, out_dtype, device) for j, a in enumerate(arrays))
+    if op.kind == "movement" and tensors:
+        _share_version_with_views(outputs, tensors[0])
+    if op.differentiable and autograd.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        autograd.record(op, inputs, outputs, attrs)
+    return outputs[0] if op.n_outputs == 1 else outputs
+
+
+def _common_device(tensors, attrs):
+    if not tensors:
+        return as_device(attrs.get("device"))
+    first = tensors[0].device
+    for t in tensors[1:]:
+        # As in PyTorch, a 0-dim CPU tensor may take part in an op on another device.
+        if t.device != first and not (t.ndim == 0 and t.device.type == "cpu"):
+            raise RuntimeError(
+                "Expected all tensors to be on the same device, but found at least two devices, "
+                f"{first} and {t.device}!"
+            )
+    return first
+
+
+def _result_dtype(op, inputs, attrs):
+    rule = op.dtype_rule
+    Tensor = _tensor.Tensor
+    if rule in ("promote", "float", "bool"):
+        operands = [(x.dtype, x.ndim) if isinstance(x, Tensor) else x
+                    for i, x in enumerate(inputs) if i not in op.keep_inputs and x is not None]
+        result = dtypes.result_type(operands)
+        if rule == "float" and not result.is_floating_point:
+            result = dtypes.get_default_dtype()
+        return result
+    if rule == "same":
+        return inputs[0].dtype
+    if rule == "sum":
+        d = inputs[0].dtype
+        return d if d.is_floating_point else dtypes.int64
+    if rule == "index":
+        return dtypes.int64
+    if rule == "attr":
+        return attrs["dtype"]
+    return None  # custom: the implementation decides
+
+
+def _arguments(op, inputs, out_dtype):
+    """The NumPy arrays the implementation sees: promoted to the compute type where the rule says,
+    float16/bfloat16 computed in float32 (rounded once on the way out), indices left alone."""
+    Tensor = _tensor.Tensor
+    if op.dtype_rule in ("promote", "float", "bool"):
+        ct = dtypes.compute_type(out_dtype)
+
+        def convert(i, x):
+            if x is None or i in op.keep_inputs:
+                return x._data if isinstance(x, Tensor) else x
+            return _cast(x._data, ct) if isinstance(x, Tensor) else np.asarray(x, dtype=ct)
+    else:
+        upcast = op.kind in _COMPUTE_IN_FLOAT32 and op.dtype_rule != "custom"
+
+        def convert(i, x):
+            if not isinstance(x, Tensor):
+                return x
+            return _cast(x._data, np.float32) if upcast and x._data.dtype in _HALF else x._data
+    return [convert(i, x) for i, x in enumerate(inputs)]
+
+
+def _cast(a, np_type):
+    return a if a.dtype == np_type else a.astype(np_type)
+
+
+def _wrap(op, j, array, out_dtype, device):
+    array = np.asarray(array)
+    if out_dtype is None or j in op.aux_outputs:
+        d = dtypes.from_numpy_dtype(array.dtype)
+    else:
+        d = dtypes.bool_ if op.dtype_rule == "bool" else out_dtype
+        array = _cast(array, d.np_type)
+    return _tensor.Tensor._wrap(array, d, device)
+
+
+def _share_version_with_views(outputs, base):
+    """Outputs that alias their input's memory are views: in-place writes bump one shared version."""
+    for out in outputs:
+        if out._data is base._data or np.may_share_memory(out._data, base._data):
+            out._version = base._version
+            out._base = base._base if base._base is not None else base

@@ -1,0 +1,1 @@
+"""The runtime stage: devices and their backends (memory, streams, kernel launch)."""
