@@ -13,8 +13,6 @@ import importlib.util
 import platform
 import sys
 
-_DEMO_MODULE = "tracefuse.demo"
-
 
 def version() -> str:
     """The installed tracefuse version, or ``0.1.0+local`` when run from a plain checkout."""
@@ -140,29 +138,6 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_demo():
-    """``tracefuse.demo`` if it exists, else None. Other import errors are returned, not
-    raised, so a broken demo module cannot take ``tracefuse doctor`` down with it."""
-    try:
-        return importlib.import_module(_DEMO_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name == _DEMO_MODULE:
-            return None
-        return exc
-    except Exception as exc:  # noqa: BLE001
-        return exc
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    demo = args.demo_module
-    if demo is None:
-        print("tracefuse demo: not available yet (tracefuse/demo.py is missing)")
-        return 0
-    if isinstance(demo, BaseException):
-        raise demo
-    return demo.run(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tracefuse", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"tracefuse {version()}")
@@ -171,11 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="report versions, Triton/CUDA availability and GPUs")
     doctor.set_defaults(func=_cmd_doctor)
 
-    demo_parser = commands.add_parser("demo", help="compile and run a small recurrent model")
-    demo = _load_demo()
-    if demo is not None and not isinstance(demo, BaseException):
-        demo.add_arguments(demo_parser)
-    demo_parser.set_defaults(func=_cmd_demo, demo_module=demo)
+    from . import demo
+
+    demo_parser = commands.add_parser("demo", help="train a character-level LSTM language model and sample from it")
+    demo.add_arguments(demo_parser)
+    demo_parser.set_defaults(func=demo.run)
     return parser
 
 
