@@ -33,3 +33,5 @@ del _name
 __version__ = "0.1.0"
 
 from . import derivatives  # noqa: E402,F401  (registers the gradient rules)
+from . import nn, optim  # noqa: E402,F401
+from .serialization import load, save  # noqa: E402

@@ -12,6 +12,7 @@ import abc
 import functools
 import heapq
 import itertools
+import re
 import threading
 from collections import defaultdict
 
@@ -40,24 +41,42 @@ class _GradMode:
     def __exit__(self, *exc):
         _set_enabled(self._prev)
 
+    def _scope(self):
+        """A fresh context manager with this mode, entered on each call of a decorated function."""
+        return _Scope(self.mode)
+
     def __call__(self, fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            with type(self)():
+            with self._scope():
                 return fn(*args, **kwargs)
         return wrapper
 
 
-class no_grad(_GradMode):
+class _Scope(_GradMode):
+    def __init__(self, mode: bool):
+        self.mode = mode
+
+
+class _NoParamGradMode(_GradMode):
+    """Usable as `with no_grad():`, `@no_grad()` and, like PyTorch, bare `@no_grad`."""
+
+    def __new__(cls, orig_func=None):
+        self = super().__new__(cls)
+        return self if orig_func is None else self(orig_func)
+
+
+class no_grad(_NoParamGradMode):
     mode = False
 
 
-class enable_grad(_GradMode):
+class enable_grad(_NoParamGradMode):
     mode = True
 
 
 class set_grad_enabled(_GradMode):
-    """Sets grad mode at once (as a call) and restores the previous mode when used with `with`."""
+    """Sets grad mode at once (as a call) and restores the previous mode when used with `with`;
+    as a decorator it leaves the mode as it was and applies `mode` inside the function."""
 
     def __init__(self, mode: bool):
         self.mode = bool(mode)
@@ -82,26 +101,34 @@ _FREED = (
 )
 
 
+def _short_name(node_name):
+    """PyTorch names a node without its `Backward<N>` suffix in saved-tensor errors ("output 0 of Mul")."""
+    return re.sub(r"Backward\d*$", "", node_name)
+
+
 class SavedTensor:
-    """A tensor kept for backward, with the version it had when saved."""
+    """A tensor kept for backward by `node`, with the version it had when saved. A saved output
+    names its maker from `node` (the tensor's own history may since have been replaced in place)."""
 
-    __slots__ = ("tensor", "version", "node_name")
+    __slots__ = ("tensor", "version", "node", "is_output")
 
-    def __init__(self, tensor, node_name):
+    def __init__(self, tensor, node=None, is_output=False):
         self.tensor = tensor
         self.version = tensor._version.value
-        self.node_name = node_name
+        self.node = node
+        self.is_output = is_output
 
     def unpack(self):
         t = self.tensor
         if t._version.value != self.version:
-            where = f", which is output {t._output_nr} of {t.grad_fn.name()}," if t.grad_fn is not None else ","
+            maker = self.node if self.is_output else t.grad_fn
+            where = f", which is output {t._output_nr} of {_short_name(maker.name())}," if maker else ""
+            hint = f" Hint: the operation that failed to compute its gradient is {self.node.name()}." \
+                if self.node is not None else ""
             raise RuntimeError(
                 "one of the variables needed for gradient computation has been modified by an inplace "
                 f"operation: [{t._type_string()} {list(t.shape)}]{where} is at version {t._version.value}; "
-                f"expected version {self.version} instead. Hint: the backtrace further above can also "
-                "show the operation that failed to compute its gradient, with the help of "
-                "torch.autograd.set_detect_anomaly(True)."
+                f"expected version {self.version} instead.{hint}"
             )
         return t
 
@@ -138,6 +165,7 @@ class Node(abc.ABC):
         self.n_outputs = n_outputs
         self._seq = next(_sequence)
         self._pre_hooks: dict[int, dict] = defaultdict(dict)  # output_nr -> tensor hooks
+        self._retain_grad_hooks: dict = {}  # output_nr -> hook of retain_grad(); runs after the others
         self._post_hooks: dict = {}
 
     def name(self) -> str:
@@ -190,11 +218,12 @@ class OpNode(Node):
         if isinstance(saved_in, slice):
             saved_in = range(len(inputs))[saved_in]
         saved_out = getattr(rule, "saved_outputs", ())
-        self._saved = {("in", i): SavedTensor(inputs[i], self._node_name) for i in saved_in
-                       if isinstance(inputs[i], Tensor)}
-        self._saved.update({("out", j): SavedTensor(outputs[j], self._node_name) for j in saved_out})
-        self._had_saved = bool(self._saved)
-        self._freed = False
+        # A saved Python scalar is kept in `scalars`; its entry (None) only marks it freed after backward,
+        # as PyTorch frees the scalar tensor it saves.
+        self._saved = {("in", i): SavedTensor(inputs[i], self) if isinstance(inputs[i], Tensor) else None
+                       for i in saved_in if inputs[i] is not None}
+        self._saved.update({("out", j): SavedTensor(outputs[j], self, is_output=True) for j in saved_out})
+        self._saved_keys = frozenset(self._saved)
 
     def name(self):
         return self._node_name
@@ -206,19 +235,17 @@ class OpNode(Node):
         return self._unpack(("out", j))
 
     def _unpack(self, key):
-        if self._freed:
+        if key in self._saved_keys and key not in self._saved:
             raise RuntimeError(_FREED)
         saved = self._saved.get(key)
         return None if saved is None else saved.unpack()
 
     def release(self):
-        if self._had_saved:
-            self._saved = {}
-            self._freed = True
+        self._saved = {}
 
     def apply(self, grads):
-        if self._freed:
-            raise RuntimeError(_FREED)
+        # A freed node fails only when its rule reads a saved tensor (as PyTorch's), so ops that
+        # saved nothing for the gradients asked of them can be backpropagated through twice.
         if self.n_outputs == 1:
             result = self.op.grad(self, grads[0])
         else:
@@ -335,6 +362,9 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, capture=None, a
                         new = hook(grads[nr])
                         if new is not None:
                             grads[nr] = new
+            for nr, hook in list(node._retain_grad_hooks.items()):
+                if grads[nr] is not None:
+                    hook(grads[nr])
             if capture:
                 for nr in range(node.n_outputs):
                     if (node, nr) in capture:
@@ -424,11 +454,11 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     edges = [gradient_edge(t) for t in inputs]
     captured = _run_backward(outputs, grads, retain_graph, create_graph, capture=set(edges), accumulate=False)
     result = []
-    for edge in edges:
+    for i, edge in enumerate(edges):
         g = captured.get(edge)
         if g is None and not allow_unused:
             raise RuntimeError(
-                "One of the differentiated Tensors appears to not have been used in the graph. "
+                f"The differentiated Tensor at index {i} appears to not have been used in the graph. "
                 "Set allow_unused=True if this is the desired behavior."
             )
         result.append(g if g is None or create_graph else g.detach())
@@ -448,7 +478,7 @@ class FunctionCtx:
         self._non_differentiable = set()
 
     def save_for_backward(self, *tensors):
-        self._saved = tuple(None if t is None else SavedTensor(t, "Function") for t in tensors)
+        self._saved = tuple(None if t is None else SavedTensor(t) for t in tensors)
 
     @property
     def saved_tensors(self):
@@ -537,6 +567,9 @@ class Function:
         aliased = tuple(o._alias() if isinstance(o, Tensor) else o for o in outputs)
         tensors = [o for o in aliased if isinstance(o, Tensor)]
         node = BackwardFunction(cls, ctx, args, tensors)
+        for saved in ctx._saved:
+            if saved is not None:
+                saved.node = node
         for j, (orig, out) in enumerate(zip((o for o in outputs if isinstance(o, Tensor)), tensors)):
             if id(orig) not in ctx._non_differentiable and out.dtype.is_floating_point:
                 out.requires_grad = True

@@ -14,60 +14,89 @@ from .tensor import Tensor, _shape_arg
 
 def _finish(t, requires_grad):
     if requires_grad:
+        if not t.dtype.is_floating_point:
+            raise RuntimeError("Only Tensors of floating point and complex dtype can require gradients")
         t.requires_grad_(True)
     return t
 
 
-def _python_dtype(data, depth=0):
-    """The dtype PyTorch infers for nested Python data; validates element types and raggedness."""
-    if isinstance(data, Tensor):
-        if data.numel() != 1 and depth:
+def _is_sequence(x):
+    return isinstance(x, (list, tuple)) or (isinstance(x, np.ndarray) and x.ndim > 0)
+
+
+def _leading_sizes(data):
+    """The shape nested data claims, read along its first elements (as PyTorch's compute_sizes)."""
+    sizes = []
+    while _is_sequence(data):
+        sizes.append(len(data))
+        if not len(data):
+            break
+        data = data[0]
+    return sizes
+
+
+def _scalar_dtype(x):
+    """The dtype PyTorch infers for one element: numpy scalars and tensors keep theirs."""
+    if isinstance(x, Tensor):
+        if x.numel() != 1:
             raise ValueError("only one element tensors can be converted to Python scalars")
-        return data.dtype
+        return x.dtype
+    if isinstance(x, np.generic):
+        return dtypes.from_numpy_dtype(x.dtype)
+    if isinstance(x, bool):
+        return dtypes.bool_
+    if isinstance(x, numbers.Integral):
+        return dtypes.int64
+    if isinstance(x, numbers.Real):
+        return dtypes.get_default_dtype()
+    if isinstance(x, str):
+        raise TypeError(f"new(): invalid data type '{type(x).__name__}'")
+    raise RuntimeError(f"Could not infer dtype of {type(x).__name__}")
+
+
+def _walk(data, sizes, dim, misplaced):
+    """Check nested data against `sizes` and return the promotion of its elements' dtypes (None when
+    empty). Sequences found where an element belongs are collected in `misplaced`."""
+    if dim == len(sizes):
+        if _is_sequence(data):
+            misplaced.append(type(data).__name__)
+            return None
+        return _scalar_dtype(data)
+    if not _is_sequence(data):
+        raise TypeError("not a sequence")
+    if len(data) != sizes[dim]:
+        raise ValueError(f"expected sequence of length {sizes[dim]} at dim {dim} (got {len(data)})")
     if isinstance(data, np.ndarray):
         return dtypes.from_numpy_dtype(data.dtype)
-    if isinstance(data, (bool, np.bool_)):
-        return dtypes.bool_
-    if isinstance(data, (numbers.Integral,)):
-        return dtypes.int64
-    if isinstance(data, numbers.Real):
-        return dtypes.get_default_dtype()
-    if isinstance(data, (list, tuple)):
-        found = None
-        for item in data:
-            d = _python_dtype(item, depth + 1)
-            found = d if found is None else _promote_python(found, d)
-        return found
-    raise TypeError(f"new(): invalid data type '{type(data).__name__}'")
+    found = None
+    for item in data:
+        d = _walk(item, sizes, dim + 1, misplaced)
+        found = d if found is None else found if d is None else dtypes.promote_types(found, d)
+    return found
 
 
-def _promote_python(a, b):
-    if a.is_floating_point or b.is_floating_point:
-        return a if a.is_floating_point and (not b.is_floating_point or a._rank >= b._rank) else b
-    return dtypes.promote_types(a, b)
-
-
-def _check_ragged(data, dim=0):
-    if isinstance(data, (list, tuple)) and data:
-        lengths = {len(x) if isinstance(x, (list, tuple)) else None for x in data}
-        if len(lengths) > 1:
-            first = len(data[0]) if isinstance(data[0], (list, tuple)) else None
-            for x in data:
-                n = len(x) if isinstance(x, (list, tuple)) else None
-                if n != first:
-                    if first is None or n is None:
-                        raise ValueError(f"expected sequence of length {first} at dim {dim + 1} (got {n})"
-                                         if first is not None else "setting an array element with a sequence.")
-                    raise ValueError(f"expected sequence of length {first} at dim {dim + 1} (got {n})")
-        for x in data:
-            _check_ragged(x, dim + 1)
+def _infer_dtype(data, dtype):
+    """tensor()'s dtype: `dtype` if given, else PyTorch's inference over the nested data."""
+    if isinstance(data, np.ndarray):
+        inferred = dtypes.from_numpy_dtype(data.dtype)
+    else:
+        misplaced = []
+        inferred = _walk(data, _leading_sizes(data), 0, misplaced)
+        target = dtypes.as_dtype(dtype) if dtype is not None else inferred
+        if misplaced:
+            if target is not None and target.is_floating_point:
+                raise TypeError(f"must be real number, not {misplaced[0]}")
+            raise TypeError(f"'{misplaced[0]}' object cannot be interpreted as an integer")
+    if dtype is not None:
+        return dtypes.as_dtype(dtype)
+    return inferred or dtypes.get_default_dtype()
 
 
 def _to_array(data):
     if isinstance(data, Tensor):
         return data._data
     if isinstance(data, (list, tuple)):
-        return [_to_array(x) if isinstance(x, (list, tuple, Tensor)) else x for x in data]
+        return [_to_array(x) for x in data]
     return data
 
 
@@ -78,17 +107,15 @@ def tensor(data, dtype=None, device=None, requires_grad=False, pin_memory=False)
             "To copy construct from a tensor, it is recommended to use sourceTensor.clone().detach() or "
             "sourceTensor.clone().detach().requires_grad_(True), rather than tracefuse.tensor(sourceTensor).",
             UserWarning, stacklevel=2)
-    inferred = _python_dtype(data)
-    _check_ragged(data)
-    target = dtypes.as_dtype(dtype) if dtype is not None else (inferred or dtypes.get_default_dtype())
-    array = np.array(_to_array(data), dtype=target.np_type if not isinstance(data, (list, tuple)) or data else None)
-    if array.dtype != target.np_type:
-        array = array.astype(target.np_type)
+    target = _infer_dtype(data, dtype)
     device = as_device(device)
     if device.type != "cpu":
         from .runtime import devices
         devices.backend(device)
-    return _finish(Tensor._wrap(np.array(array, copy=True), target, device), requires_grad)
+    with np.errstate(all="ignore"):
+        array = np.asarray(_to_array(data))
+        array = array.astype(target.np_type) if array.dtype != object else np.array(array.tolist(), dtype=target.np_type)
+    return _finish(Tensor._wrap(array, target, device), requires_grad)
 
 
 def as_tensor(data, dtype=None, device=None):
@@ -107,6 +134,10 @@ def from_numpy(array):
 
 
 def _factory(op, dtype, device, requires_grad, **attrs):
+    shape = attrs.get("shape", ())
+    for n in shape:
+        if n < 0:
+            raise RuntimeError(f"Trying to create tensor with negative dimension {n}: {list(shape)}")
     out = dispatch(op, dtype=dtypes.as_dtype(dtype), device=as_device(device), **attrs)
     return _finish(out, requires_grad)
 
@@ -120,11 +151,17 @@ def _fill_dtype(value):
 
 
 def full(size, fill_value, *, dtype=None, device=None, requires_grad=False):
+    if isinstance(fill_value, Tensor):
+        fill_value = fill_value.item()
+    if not isinstance(fill_value, (numbers.Number, np.generic)):
+        raise TypeError(f"full(): argument 'fill_value' (position 2) must be Number, not {type(fill_value).__name__}")
     return _factory("full", dtype or _fill_dtype(fill_value), device, requires_grad,
                     shape=_shape_arg((size,)), value=fill_value)
 
 
 def zeros(*size, dtype=None, device=None, requires_grad=False):
+    if any(n < 0 for n in _shape_arg(size)):
+        raise RuntimeError("zeros: Dimension size must be non-negative.")
     return full(_shape_arg(size), 0, dtype=dtype or dtypes.get_default_dtype(), device=device,
                 requires_grad=requires_grad)
 
@@ -143,7 +180,7 @@ def arange(start, end=None, step=1, *, dtype=None, device=None, requires_grad=Fa
     if step == 0:
         raise RuntimeError("step must be nonzero")
     if (end - start) * step < 0:
-        raise RuntimeError("upper bound and larger bound inconsistent with step sign")
+        raise RuntimeError("upper bound and lower bound inconsistent with step sign")
     if dtype is None:
         integral = all(isinstance(v, numbers.Integral) for v in (start, end, step))
         dtype = dtypes.int64 if integral else dtypes.get_default_dtype()
@@ -158,8 +195,10 @@ def linspace(start, end, steps, *, dtype=None, device=None, requires_grad=False)
 
 
 def eye(n, m=None, *, dtype=None, device=None, requires_grad=False):
-    if n < 0 or (m is not None and m < 0):
+    if n < 0:
         raise RuntimeError(f"n must be greater or equal to 0, got {n}")
+    if m is not None and m < 0:
+        raise RuntimeError(f"m must be greater or equal to 0, got {m}")
     return _factory("eye", dtype or dtypes.get_default_dtype(), device, requires_grad, n=n, m=n if m is None else m)
 
 
@@ -184,7 +223,7 @@ def randint(low, high=None, size=None, *, dtype=None, device=None, requires_grad
 
 def randperm(n, *, dtype=None, device=None, requires_grad=False):
     if n < 0:
-        raise RuntimeError(f"n must be non-negative, got{n}")
+        raise RuntimeError(f"Trying to create tensor with negative dimension {n}: [{n}]")
     return _factory("randperm", dtype or dtypes.int64, device, requires_grad, n=n)
 
 

@@ -32,7 +32,7 @@ def dispatch(name: str, *inputs, **attrs):
     arrays = result if isinstance(result, tuple) else (result,)
     outputs = tuple(_wrap(op, j, a, out_dtype, device) for j, a in enumerate(arrays))
     if op.kind == "movement" and tensors:
-        _share_version_with_views(outputs, tensors[0])
+        _mark_views(name, inputs, attrs, outputs)
     if op.differentiable and autograd.is_grad_enabled() and any(t.requires_grad for t in tensors):
         autograd.record(op, inputs, outputs, attrs)
     return outputs[0] if op.n_outputs == 1 else outputs
@@ -84,7 +84,8 @@ def _arguments(op, inputs, out_dtype):
         def convert(i, x):
             if x is None or i in op.keep_inputs:
                 return x._data if isinstance(x, Tensor) else x
-            return _cast(x._data, ct) if isinstance(x, Tensor) else np.asarray(x, dtype=ct)
+            # A Python int too wide for the compute type wraps around, as in PyTorch (int8 * 1000).
+            return _cast(x._data, ct) if isinstance(x, Tensor) else np.array(x).astype(ct)
     else:
         upcast = op.kind in _COMPUTE_IN_FLOAT32 and op.dtype_rule != "custom"
 
@@ -109,9 +110,22 @@ def _wrap(op, j, array, out_dtype, device):
     return _tensor.Tensor._wrap(array, d, device)
 
 
-def _share_version_with_views(outputs, base):
-    """Outputs that alias their input's memory are views: in-place writes bump one shared version."""
+def _mark_views(name, inputs, attrs, outputs):
+    """Outputs that alias their input's memory are views: in-place writes bump one shared version,
+    and a view made in grad mode keeps how to re-derive itself from its base (for autograd)."""
+    parent = inputs[0]
+    root = parent._base if parent._base is not None else parent
     for out in outputs:
-        if out._data is base._data or np.may_share_memory(out._data, base._data):
-            out._version = base._version
-            out._base = base._base if base._base is not None else base
+        if not np.may_share_memory(out._data, parent._data):
+            continue
+        out._version = parent._version
+        out._base = root
+        out._view_version = out._version.value
+        if autograd.is_grad_enabled() and (parent._base is None or parent._view_fn is not None):
+            out._view_fn = _view_fn(parent._view_fn, name, inputs[1:], attrs)
+
+
+def _view_fn(parent_fn, name, args, attrs):
+    def view(base):
+        return dispatch(name, parent_fn(base) if parent_fn is not None else base, *args, **attrs)
+    return view

@@ -3,32 +3,38 @@ aliases of the Tensor methods (PyTorch offers most ops both ways)."""
 from __future__ import annotations
 
 from .dispatch import dispatch
-from .tensor import Tensor, _normalize_dim, broadcast_shapes
+from .tensor import Tensor, _named, _normalize_dim, broadcast_shapes
 
 
 def cat(tensors, dim=0):
     tensors = list(tensors)
     if not tensors:
-        raise RuntimeError("torch.cat(): expected a non-empty list of Tensors")
+        raise ValueError("torch.cat(): expected a non-empty list of Tensors")
     for i, t in enumerate(tensors):
         if not isinstance(t, Tensor):
-            raise TypeError(f"cat(): argument 'tensors' (position 1) must be tuple of Tensors, not {type(t).__name__}")
+            raise TypeError(
+                f"cat(): argument 'tensors' (position 1) must be tuple of Tensors, not {type(t).__name__}"
+            )
     # PyTorch skips legacy empty 1-D tensors of shape [0].
-    shaped = [t for t in tensors if not (t.ndim == 1 and t.shape[0] == 0)] or tensors[:1]
-    ref = shaped[0]
-    if ref.ndim == 0:
-        raise RuntimeError("zero-dimensional tensor (at position 0) cannot be concatenated")
+    shaped = [(i, t) for i, t in enumerate(tensors) if not (t.ndim == 1 and t.shape[0] == 0)] or [(0, tensors[0])]
+    ref = shaped[0][1]
+    for i, t in shaped:
+        if t.ndim == 0:
+            raise RuntimeError(f"zero-dimensional tensor (at position {i}) cannot be concatenated")
     d = _normalize_dim(dim, ref.ndim)
-    for i, t in enumerate(shaped):
+    for i, t in shaped:
         if t.ndim != ref.ndim:
             raise RuntimeError(f"Tensors must have same number of dimensions: got {ref.ndim} and {t.ndim}")
         for k in range(ref.ndim):
             if k != d and t.shape[k] != ref.shape[k]:
                 raise RuntimeError(
                     f"Sizes of tensors must match except in dimension {d}. Expected size {ref.shape[k]} but got "
-                    f"size {t.shape[k]} for tensor number {tensors.index(t)} in the list."
+                    f"size {t.shape[k]} for tensor number {i} in the list."
                 )
-    return dispatch("cat", *shaped, dim=d)
+    # Skipped empties still take part (reshaped to an empty slab) so that they get a gradient.
+    slab = ref.shape[:d] + (0,) + ref.shape[d + 1:]
+    return dispatch("cat", *(t if t.shape == ref.shape or t.ndim == ref.ndim else t.reshape(slab) for t in tensors),
+                    dim=d)
 
 
 concat = concatenate = cat
@@ -45,16 +51,19 @@ def stack(tensors, dim=0):
                 f"{list(t.shape)} at entry {i}"
             )
     d = _normalize_dim(dim, tensors[0].ndim + 1)
-    return cat([t.unsqueeze(d) for t in tensors], d)
+    return _named(cat([t.unsqueeze(d) for t in tensors], d), "StackBackward0")
 
 
 def where(condition, input=None, other=None):
     if input is None and other is None:
         return condition.nonzero(as_tuple=True)
     from . import dtypes
-    if not isinstance(condition, Tensor) or condition.dtype is not dtypes.bool_:
+    from .tensor import _TYPE_NAMES
+    if not isinstance(condition, Tensor):
+        raise TypeError(f"where(): argument 'condition' (position 1) must be Tensor, not {type(condition).__name__}")
+    if condition.dtype is not dtypes.bool_:
         raise RuntimeError("where expected condition to be a boolean tensor, but got a tensor with dtype "
-                           f"{getattr(getattr(condition, 'dtype', None), 'name', type(condition).__name__)}")
+                           f"{_TYPE_NAMES[condition.dtype.name]}")
     shapes = [t.shape for t in (condition, input, other) if isinstance(t, Tensor)]
     broadcast_shapes(*shapes)
     return dispatch("where", condition, input, other)

@@ -7,6 +7,7 @@ implements in-place updates with version counters.
 from __future__ import annotations
 
 import collections
+import math
 import numbers
 import warnings
 
@@ -45,7 +46,25 @@ _TYPE_NAMES = {"float32": "Float", "float64": "Double", "float16": "Half", "bflo
                "int64": "Long", "int32": "Int", "int16": "Short", "int8": "Char", "uint8": "Byte",
                "bool": "Bool"}
 
-values_indices = collections.namedtuple("return_types", ["values", "indices"])
+def _return_type(name):
+    """PyTorch's `torch.return_types.max`-style named pairs (values, indices)."""
+    base = collections.namedtuple(name, ["values", "indices"])
+
+    def __repr__(self):
+        return f"tracefuse.return_types.{name}(\nvalues={self.values!r},\nindices={self.indices!r})"
+
+    return type(name, (base,), {"__slots__": (), "__repr__": __repr__, "__module__": "tracefuse.return_types"})
+
+
+RETURN_TYPES = {name: _return_type(name) for name in ("max", "min")}
+
+
+def _named(out, node_name):
+    """Give the autograd node an op just recorded for `out` PyTorch's name for the method that
+    called it (`t()` records a permute, but PyTorch shows TBackward0)."""
+    if out._grad_fn is not None:
+        out._grad_fn._node_name = node_name
+    return out
 
 
 def _normalize_dim(dim, ndim):
@@ -65,10 +84,11 @@ def _normalize_dims(dim, ndim):
     dims = (dim,) if isinstance(dim, (int, np.integer)) else tuple(dim)
     if len(dims) == 0:
         return None
-    axes = tuple(sorted(_normalize_dim(d, ndim) for d in dims)) if ndim else ()
-    if len(set(axes)) != len(axes):
-        raise RuntimeError(f"dim {dims[0]} appears multiple times in the list of dims")
-    return axes
+    axes = [_normalize_dim(d, ndim) for d in dims]
+    for i, a in enumerate(axes):
+        if a in axes[:i]:
+            raise RuntimeError(f"dim {a} appears multiple times in the list of dims")
+    return tuple(sorted(axes)) if ndim else ()
 
 
 def _shape_arg(args):
@@ -117,10 +137,12 @@ class Tensor:
         t._device = device
         t._requires_grad = requires_grad
         t._grad = None
-        t.grad_fn = None
+        t._grad_fn = None
         t._output_nr = 0
         t._version = VersionCounter()
-        t._base = None
+        t._base = None  # a view's base tensor (the root of a chain of views)
+        t._view_fn = None  # base -> this view, for views made in grad mode (re-derives history)
+        t._view_version = 0  # the version at which grad_fn was last set or re-derived
         t._accumulator_node = None
         t._retains_grad = False
         return t
@@ -194,6 +216,8 @@ class Tensor:
     # --- autograd fields ---------------------------------------------------------------------
     @property
     def requires_grad(self):
+        if self._view_fn is not None:
+            self._refresh_view_history()
         return self._requires_grad
 
     @requires_grad.setter
@@ -205,8 +229,30 @@ class Tensor:
                 "variable in a subgraph that doesn't require differentiation use var_no_grad = var.detach()."
             )
         if value and not self._dtype.is_floating_point:
-            raise RuntimeError("only Tensors of floating point and complex dtype can require gradients")
+            raise RuntimeError("only Tensors of floating point dtype can require gradients")
         self._requires_grad = value
+
+    @property
+    def grad_fn(self):
+        if self._view_fn is not None:
+            self._refresh_view_history()
+        return self._grad_fn
+
+    @grad_fn.setter
+    def grad_fn(self, node):
+        self._grad_fn = node
+        self._view_version = self._version.value
+
+    def _refresh_view_history(self):
+        """After an in-place write to its base (or to any view of it), a view's history is re-derived
+        from the base's new one, as PyTorch regenerates a view's grad_fn."""
+        if self._view_version == self._version.value:
+            return
+        self._view_version = self._version.value
+        if self._base.requires_grad:
+            with autograd.enable_grad():
+                fresh = self._view_fn(self._base)
+            self._grad_fn, self._output_nr, self._requires_grad = fresh._grad_fn, fresh._output_nr, True
 
     def requires_grad_(self, requires_grad=True):
         self.requires_grad = requires_grad
@@ -262,20 +308,22 @@ class Tensor:
         def keep(g):
             self._grad = g.detach() if self._grad is None else self._grad + g.detach()
 
-        self.register_hook(keep)
+        node, nr = autograd.gradient_edge(self)
+        node._retain_grad_hooks[nr] = keep  # runs after the tensor's other hooks, as in PyTorch
 
     @property
     def retains_grad(self):
         return self._retains_grad
 
     def detach(self):
+        """A tensor on the same storage and version counter, outside the autograd graph (no view base:
+        in-place writes through it are not recorded on this tensor, as in PyTorch)."""
         t = Tensor._wrap(self._data, self._dtype, self._device)
         t._version = self._version
-        t._base = self._base if self._base is not None else self
         return t
 
     def detach_(self):
-        if self._base is not None and self._base.requires_grad:
+        if self._view_fn is not None:
             raise RuntimeError("Can't detach views in-place. Use detach() instead.")
         self.grad_fn = None
         self._requires_grad = False
@@ -323,14 +371,20 @@ class Tensor:
 
     def __bool__(self):
         if self.numel() != 1:
-            raise RuntimeError(f"Boolean value of Tensor with more than one value is ambiguous")
+            many = "more than one value" if self.numel() else "no values"
+            raise RuntimeError(f"Boolean value of Tensor with {many} is ambiguous")
         return bool(self.item())
 
+    def _scalar(self):
+        if self.numel() != 1:
+            raise ValueError("only one element tensors can be converted to Python scalars")
+        return self.item()
+
     def __float__(self):
-        return float(self.item())
+        return float(self._scalar())
 
     def __int__(self):
-        return int(self.item())
+        return int(self._scalar())
 
     def __index__(self):
         if self._dtype.is_floating_point or self.numel() != 1:
@@ -415,15 +469,25 @@ class Tensor:
                     requires_grad=requires_grad)
 
     # --- in-place updates --------------------------------------------------------------------
-    def _check_inplace(self):
-        if autograd.is_grad_enabled():
-            if self.is_leaf and self.requires_grad:
-                raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
-            base = self._base
-            if base is not None and base.is_leaf and base.requires_grad:
-                raise RuntimeError(
-                    "a view of a leaf Variable that requires grad is being used in an in-place operation."
-                )
+    def _check_inplace(self, narrowing_view=False):
+        """PyTorch's refusals of in-place writes that autograd cannot record. `narrowing_view`: the
+        write goes through a view of this tensor (PyTorch's `x[0] = v` writes through `x[0]`)."""
+        if not autograd.is_grad_enabled():
+            return
+        base = self._base
+        if (self.is_leaf and self.requires_grad and narrowing_view) or (
+                base is not None and base.is_leaf and base.requires_grad):
+            raise RuntimeError("a view of a leaf Variable that requires grad is being used in an in-place operation.")
+        if self.is_leaf and self.requires_grad:
+            raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
+
+    def _check_overlap(self):
+        """An expanded tensor holds one element in several places: arithmetic on it in place is refused."""
+        if self._data.size and any(st == 0 and n > 1 for st, n in zip(self._data.strides, self._data.shape)):
+            raise RuntimeError(
+                "unsupported operation: more than one element of the written-to tensor refers to a single memory "
+                "location. Please clone() the tensor before performing the operation."
+            )
 
     def _records(self, *others):
         return autograd.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad
@@ -432,19 +496,28 @@ class Tensor:
     def _inplace(self, op, *args, **attrs):
         """Apply `op(self, *args)` and write the result into this tensor's storage."""
         self._check_inplace()
+        self._check_overlap()
+        for a in args:
+            if isinstance(a, Tensor):
+                broadcast_shapes(self.shape, a.shape)
         # Ops that save `self` for backward must see its value before the write.
         src = self._snapshot() if self._records(*args) else self
         return self._assign(dispatch(op, src, *args, **attrs))
 
-    def _snapshot(self):
-        t = Tensor._wrap(self._data.copy(), self._dtype, self._device, self._requires_grad)
-        t.grad_fn, t._output_nr = self.grad_fn, self._output_nr
-        if self.grad_fn is None and self._requires_grad:
+    def _history_alias(self, data=None):
+        """A tensor object carrying this tensor's current autograd history (on `data`, default: the same storage)."""
+        t = Tensor._wrap(self._data if data is None else data, self._dtype, self._device, self.requires_grad)
+        t._grad_fn, t._output_nr = self.grad_fn, self._output_nr
+        if t._grad_fn is None and t._requires_grad:
             t._accumulator_node = self._accumulator()
         return t
 
-    def _assign(self, result):
-        """Write `result` (broadcast, cast) into this tensor and take over its autograd history."""
+    def _snapshot(self):
+        return self._history_alias(self._data.copy())
+
+    def _assign(self, result, overwrite=False):
+        """Write `result` (broadcast, cast) into this tensor and take over its autograd history;
+        `overwrite`: result does not derive from this tensor, whose old history gets a zero gradient."""
         if not _can_cast(result.dtype, self._dtype):
             raise RuntimeError(
                 f"result type {_TYPE_NAMES[result.dtype.name]} can't be cast to the desired output type "
@@ -458,25 +531,59 @@ class Tensor:
                 )
         np.copyto(self._data, result._data, casting="unsafe")
         self._version.bump()
-        if result.requires_grad and autograd.is_grad_enabled():
-            if result.dtype is not self._dtype or result.shape != self.shape:
-                result = dispatch("expand", result.to(self._dtype), shape=tuple(self.shape))
-            self.grad_fn, self._output_nr, self._requires_grad = result.grad_fn, result._output_nr, True
+        if autograd.is_grad_enabled():
+            self._rebase_history(result, overwrite)
         return self
+
+    def _rebase_history(self, result, overwrite):
+        """Record an in-place write for autograd (PyTorch's rebase_history). A tensor that is no view
+        takes `result`'s history; a view's write is recorded on its base (PyTorch's CopySlices), from
+        which the view, like the base's other views, re-derives its own history when next asked."""
+        base = self._base
+        if not (result.requires_grad or (base if base is not None else self).requires_grad):
+            return
+        value = result if result.dtype is self._dtype else result.to(self._dtype)
+        if value.shape != self.shape:
+            value = value.expand(self.shape)
+        if base is None:
+            if (overwrite or not value.requires_grad) and self.requires_grad:
+                value = dispatch("where", _true(), value, self._history_alias())  # old history: zero gradient
+            self._set_history(value)
+            return
+        if self._view_fn is None:
+            raise RuntimeError(
+                "A view was created in no_grad mode and is being modified inplace with grad mode enabled. Given "
+                "that this use case is ambiguous and error-prone, it is forbidden. You can clarify your code by "
+                "moving both the view and the inplace either both inside the no_grad block (if you don't want "
+                "the inplace to be tracked) or both outside (if you want the inplace to be tracked)."
+            )
+        from .creation import arange
+        with autograd.no_grad():
+            positions = self._view_fn(arange(base.numel()).reshape(base.shape)).reshape(-1)
+        written = dispatch("index_put", base._history_alias().reshape(-1), value.reshape(-1), positions,
+                           index=(TensorSlot(0),), accumulate=False)
+        base._set_history(_named(written.reshape(base.shape), "CopySlices"))
+
+    def _set_history(self, value):
+        self.grad_fn, self._output_nr, self._requires_grad = value.grad_fn, value._output_nr, True
 
     def copy_(self, src, non_blocking=False):
         self._check_inplace()
+        self._check_overlap()
         if not isinstance(src, Tensor):
-            raise TypeError(f"copy_(): argument 'src' must be Tensor, not {type(src).__name__}")
+            raise TypeError(f"copy_(): argument 'src' (position 1) must be Tensor, not {type(src).__name__}")
         if src.device != self.device:
             from .runtime import devices
             devices.backend(src.device if src.device.type != "cpu" else self.device)
-        value = src.to(self._dtype)
-        return self._assign(value if value is not src else dispatch("clone", src))
+        return self._assign(src.to(self._dtype), overwrite=True)
 
     def fill_(self, value):
         self._check_inplace()
         if isinstance(value, Tensor):
+            if value.ndim:
+                raise RuntimeError(
+                    f"fill_ only supports 0-dimension value tensor but got tensor with {value.ndim} dimensions."
+                )
             value = value.item()
         from .creation import full
         return self._assign(full(self.shape, value, dtype=self._dtype, device=self._device))
@@ -488,6 +595,7 @@ class Tensor:
         return self._inplace("add", _scaled(other, alpha))
 
     def sub_(self, other, *, alpha=1):
+        _check_bool_sub(self, other)
         return self._inplace("sub", _scaled(other, alpha))
 
     def mul_(self, other):
@@ -502,6 +610,9 @@ class Tensor:
         return self._inplace("pow", exponent)
 
     def clamp_(self, min=None, max=None):
+        if isinstance(min, Tensor) or isinstance(max, Tensor):
+            self._check_inplace()
+            return self._assign(self._snapshot().clamp(min, max) if self._records(min, max) else self.clamp(min, max))
         return self._inplace("clamp", min=min, max=max)
 
     clip_ = clamp_
@@ -513,31 +624,41 @@ class Tensor:
 
     def uniform_(self, a=0.0, b=1.0):
         from .creation import rand
-        with autograd.no_grad():
-            return self._assign_noise(rand(self.shape, dtype=dtypes.float64) * (b - a) + a)
+        return self._assign_noise(lambda: rand(self.shape, dtype=dtypes.float64) * (b - a) + a)
 
     def normal_(self, mean=0.0, std=1.0):
         from .creation import randn
-        with autograd.no_grad():
-            return self._assign_noise(randn(self.shape, dtype=dtypes.float64) * std + mean)
+        return self._assign_noise(lambda: randn(self.shape, dtype=dtypes.float64) * std + mean)
 
-    def _assign_noise(self, values):
+    def _assign_noise(self, sample):
         self._check_inplace()
-        np.copyto(self._data, values._data, casting="unsafe")
-        self._version.bump()
-        return self
+        with autograd.no_grad():
+            values = sample().to(self._dtype)
+        return self._assign(values)
 
     def __setitem__(self, key, value):
-        self._check_inplace()
         index, tensors = _index_key(key, self)
-        if not isinstance(value, Tensor):
+        self._check_inplace(narrowing_view=any(
+            item is None or isinstance(item, int) or (isinstance(item, slice) and item != slice(None))
+            for item in index))
+        if isinstance(value, (int, float)):
             from .creation import tensor
             value = tensor(value, dtype=self._dtype, device=self._device)
-        src = self._snapshot() if self._records(value) else self
-        self._assign(dispatch("index_put", src, value.to(self._dtype), *tensors, index=index, accumulate=False))
+        elif not isinstance(value, Tensor):
+            raise TypeError(f"can't assign a {_qualified_name(value)} to a {self._type_string()}")
+        elif tensors and value.dtype is not self._dtype:
+            raise RuntimeError(
+                "Index put requires the source and destination dtypes match, got "
+                f"{_TYPE_NAMES[self._dtype.name]} for the destination and {_TYPE_NAMES[value.dtype.name]} for the source."
+            )
+        with autograd.no_grad():
+            target = dispatch("getitem", self, *tensors, index=index).shape
+        value = _fit_to(value, target)
+        # index_put saves only the index tensors, so `self` itself can stand for its value before the write.
+        self._assign(dispatch("index_put", self, value.to(self._dtype), *tensors, index=index, accumulate=False))
 
     # --- arithmetic --------------------------------------------------------------------------
-    def _binary(self, op, other, reverse=False):
+    def _binary(self, op, other, reverse=False, **attrs):
         if not isinstance(other, (Tensor, numbers.Number, np.ndarray, np.generic)):
             return NotImplemented
         if isinstance(other, np.ndarray):
@@ -548,7 +669,12 @@ class Tensor:
         a, b = (other, self) if reverse else (self, other)
         if isinstance(a, Tensor) and isinstance(b, Tensor):
             broadcast_shapes(a.shape, b.shape)
-        return dispatch(op, a, b)
+        if op == "sub":
+            _check_bool_sub(a, b)
+        elif op in ("div_mode", "remainder") and _operand_dtype(a) is _operand_dtype(b) is dtypes.bool_:
+            kernel = f"div_{attrs['rounding_mode']}" if op == "div_mode" else "remainder"
+            raise NotImplementedError(f'"{kernel}_cpu" not implemented for \'Bool\'')
+        return dispatch(op, a, b, **attrs)
 
     def __add__(self, other):
         return self._binary("add", other)
@@ -575,10 +701,16 @@ class Tensor:
         return self._binary("div", other, reverse=True)
 
     def __floordiv__(self, other):
-        return self.div(other, rounding_mode="floor")
+        return self._binary("div_mode", other, rounding_mode="floor")
+
+    def __rfloordiv__(self, other):
+        return self._binary("div_mode", other, reverse=True, rounding_mode="floor")
 
     def __mod__(self, other):
         return self._binary("remainder", other)
+
+    def __rmod__(self, other):
+        return self._binary("remainder", other, reverse=True)
 
     def __pow__(self, other):
         return self._binary("pow", other)
@@ -594,13 +726,13 @@ class Tensor:
         return tensor(other).matmul(self)
 
     def __neg__(self):
-        return dispatch("neg", self)
+        return self.neg()
 
     def __pos__(self):
         return self
 
     def __abs__(self):
-        return dispatch("abs", self)
+        return self.abs()
 
     def __invert__(self):
         if self._dtype is not dtypes.bool_:
@@ -645,6 +777,7 @@ class Tensor:
         return self._binary("add", _scaled(other, alpha))
 
     def sub(self, other, *, alpha=1):
+        _check_bool_sub(self, other)
         return self._binary("sub", _scaled(other, alpha))
 
     def mul(self, other):
@@ -654,10 +787,10 @@ class Tensor:
         if rounding_mode is None:
             return self._binary("div", other)
         if rounding_mode not in ("trunc", "floor"):
-            raise ValueError(
+            raise RuntimeError(
                 f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but found '{rounding_mode}'"
             )
-        return dispatch("div_mode", self, other, rounding_mode=rounding_mode)
+        return self._binary("div_mode", other, rounding_mode=rounding_mode)
 
     true_divide = divide = div
     multiply = mul
@@ -710,7 +843,10 @@ class Tensor:
             if max is not None:
                 out = out.minimum(max)
             return out
-        return dispatch("clamp", self, min=min, max=max)
+        # The bounds take part in type promotion (an integer tensor clamped to 0.5 becomes float).
+        d = dtypes.result_type([(self._dtype, self.ndim)] + [b for b in (min, max) if b is not None])
+        src = self if d is self._dtype else self.to(d)
+        return _named(dispatch("clamp", src, min=min, max=max), "ClampBackward1")
 
     clip = clamp
 
@@ -725,12 +861,13 @@ class Tensor:
         return where(condition, self, other)
 
     def masked_fill(self, mask, value):
-        if not isinstance(mask, Tensor) or mask.dtype is not dtypes.bool_:
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"masked_fill(): argument 'mask' (position 1) must be Tensor, not {type(mask).__name__}")
+        if mask.dtype is not dtypes.bool_:
             raise RuntimeError(
-                f"masked_fill_ only supports boolean masks, but got mask with dtype "
-                f"{mask.dtype.name if isinstance(mask, Tensor) else type(mask).__name__}"
+                f"masked_fill_ only supports boolean masks, but got mask with dtype {_c_type(mask.dtype)}"
             )
-        broadcast_shapes(self.shape, mask.shape)
+        broadcast_shapes(mask.shape, self.shape)
         if isinstance(value, Tensor):
             if value.ndim != 0:
                 raise RuntimeError(
@@ -755,15 +892,30 @@ class Tensor:
     def log2(self): return self._unary("log2")
     def sqrt(self): return self._unary("sqrt")
     def rsqrt(self): return self._unary("rsqrt")
-    def abs(self): return self._unary("abs")
-    def neg(self): return self._unary("neg")
+    def abs(self):
+        if self._dtype is dtypes.bool_:
+            raise NotImplementedError('"abs_cpu" not implemented for \'Bool\'')
+        return self._unary("abs")
+
+    def neg(self):
+        if self._dtype is dtypes.bool_:
+            raise RuntimeError(
+                "Negation, the `-` operator, on a bool tensor is not supported. If you are trying to invert a "
+                "mask, use the `~` or `logical_not()` operator instead."
+            )
+        return self._unary("neg")
+
     negative = neg
     def sign(self): return self._unary("sign")
     def sin(self): return self._unary("sin")
     def cos(self): return self._unary("cos")
     def sigmoid(self): return self._unary("sigmoid")
     def tanh(self): return self._unary("tanh")
-    def relu(self): return self._unary("relu")
+    def relu(self):
+        if self._dtype is dtypes.bool_:
+            raise RuntimeError("Boolean inputs not supported for relu")
+        return self._unary("relu")
+
     def erf(self): return self._unary("erf")
     def reciprocal(self): return self._unary("reciprocal")
     def floor(self): return self._unary("floor")
@@ -790,7 +942,8 @@ class Tensor:
 
     def sum(self, dim=None, keepdim=False, dtype=None):
         src = self if dtype is None else self.to(dtype)
-        return src._reduce("sum", dim, keepdim)
+        out = src._reduce("sum", dim, keepdim)
+        return out if dim is None else _named(out, "SumBackward1")
 
     def prod(self, dim=None, keepdim=False, dtype=None):
         src = self if dtype is None else self.to(dtype)
@@ -799,46 +952,76 @@ class Tensor:
     def mean(self, dim=None, keepdim=False, dtype=None):
         src = self if dtype is None else self.to(dtype)
         if not src.dtype.is_floating_point:
+            which = "Input" if dtype is None else "Optional"
             raise RuntimeError(
-                "mean(): could not infer output dtype. Input dtype must be either a floating point or "
+                f"mean(): could not infer output dtype. {which} dtype must be either a floating point or "
                 f"complex dtype. Got: {_TYPE_NAMES[src.dtype.name]}"
             )
-        return src._reduce("mean", dim, keepdim)
+        out = src._reduce("mean", dim, keepdim)
+        return out if dim is None else _named(out, "MeanBackward1")
 
     def amax(self, dim=(), keepdim=False):
-        return self._reduce("amax", dim, keepdim)
+        return self._reduce_nonempty("amax", dim, keepdim)
 
     def amin(self, dim=(), keepdim=False):
-        return self._reduce("amin", dim, keepdim)
+        return self._reduce_nonempty("amin", dim, keepdim)
 
-    def _extreme(self, op_all, op_dim, op_binary, dim, keepdim):
+    def _reduce_nonempty(self, op, dim, keepdim):
+        axes = _normalize_dims(dim, self.ndim)
+        self._check_nonempty_dims(op, axes)
+        return dispatch(op, self, dim=axes, keepdim=keepdim)
+
+    def _check_nonempty_dims(self, name, axes):
+        """max/min/argmax-style reductions have no identity: every reduced dim must be non-empty."""
+        if axes is None:
+            if self.numel() == 0:
+                raise RuntimeError(
+                    f"{name}(): Expected reduction dim to be specified for input.numel() == 0. "
+                    "Specify the reduction dim with the 'dim' argument."
+                )
+            return
+        for a in axes:
+            if self.shape[a] == 0:
+                raise IndexError(f"{name}(): Expected reduction dim {a} to have non-zero size.")
+
+    def _extreme(self, name, op_all, op_dim, op_binary, dim, keepdim):
         if isinstance(dim, Tensor):
             return self._binary(op_binary, dim)
         if dim is None:
-            if self.numel() == 0:
-                raise RuntimeError(
-                    f"{op_all[1:]}(): Expected reduction dim to be specified for input.numel() == 0. "
-                    "Specify the reduction dim with the 'dim' argument."
-                )
-            return self._reduce(op_all, None, False)
-        values, indices = dispatch(op_dim, self, dim=_normalize_dim(dim, self.ndim), keepdim=keepdim)
-        return values_indices(values, indices)
+            self._check_nonempty_dims(name, None)
+            return _named(self._reduce(op_all, None, False), f"{name.capitalize()}Backward1")
+        d = _normalize_dim(dim, self.ndim)
+        self._check_nonempty_dims(name, (d,) if self.ndim else ())
+        values, indices = dispatch(op_dim, self, dim=d, keepdim=keepdim)
+        return RETURN_TYPES[name](_named(values, f"{name.capitalize()}Backward0"), indices)
 
     def max(self, dim=None, keepdim=False):
-        return self._extreme("amax", "max_dim", "maximum", dim, keepdim)
+        return self._extreme("max", "amax", "max_dim", "maximum", dim, keepdim)
 
     def min(self, dim=None, keepdim=False):
-        return self._extreme("amin", "min_dim", "minimum", dim, keepdim)
+        return self._extreme("min", "amin", "min_dim", "minimum", dim, keepdim)
+
+    def _arg_extreme(self, op, dim, keepdim):
+        if self._dtype is dtypes.bool_:
+            raise RuntimeError(f"{op}(): does not support bool input")
+        if dim is None:
+            if self.numel() == 0:
+                raise IndexError(f"{op}(): Expected reduction dim to be specified for input.numel() == 0.")
+            out = dispatch(op, self, dim=None, keepdim=False)
+            return out.reshape((1,) * self.ndim) if keepdim else out
+        axis = _normalize_dim(dim, self.ndim)
+        self._check_nonempty_dims(op, (axis,) if self.ndim else ())
+        return dispatch(op, self, dim=axis, keepdim=keepdim)
 
     def argmax(self, dim=None, keepdim=False):
-        axis = None if dim is None else _normalize_dim(dim, self.ndim)
-        return dispatch("argmax", self, dim=axis, keepdim=keepdim and axis is not None)
+        return self._arg_extreme("argmax", dim, keepdim)
 
     def argmin(self, dim=None, keepdim=False):
-        axis = None if dim is None else _normalize_dim(dim, self.ndim)
-        return dispatch("argmin", self, dim=axis, keepdim=keepdim and axis is not None)
+        return self._arg_extreme("argmin", dim, keepdim)
 
     def var(self, dim=None, unbiased=None, keepdim=False, *, correction=None):
+        if not self._dtype.is_floating_point:
+            raise RuntimeError("std and var only support floating point and complex dtypes")
         correction = _correction(unbiased, correction)
         return self._reduce("var", dim, keepdim, correction=correction)
 
@@ -874,7 +1057,10 @@ class Tensor:
     # --- matmul ------------------------------------------------------------------------------
     def matmul(self, other):
         _check_matmul(self, other)
-        return dispatch("matmul", self, other)
+        out = dispatch("matmul", self, other)
+        if other.ndim == 1 and self.ndim <= 2:
+            return _named(out, "DotBackward0" if self.ndim == 1 else "MvBackward0")
+        return out
 
     def mm(self, other):
         if self.ndim != 2:
@@ -888,16 +1074,23 @@ class Tensor:
             raise RuntimeError("batch1 must be a 3D tensor")
         if other.ndim != 3:
             raise RuntimeError("batch2 must be a 3D tensor")
-        if self.shape[0] != other.shape[0]:
-            raise RuntimeError("batch1 and batch2 must have same number of batches, got "
-                               f"{self.shape[0]} and {other.shape[0]}")
-        return self.matmul(other)
+        expected = [self.shape[0], self.shape[2]]
+        if list(other.shape[:2]) != expected:
+            raise RuntimeError(
+                f"Expected size for first two dimensions of batch2 tensor to be: {expected} but got: "
+                f"{list(other.shape[:2])}."
+            )
+        return _named(self.matmul(other), "BmmBackward0")
 
     def mv(self, vec):
-        return self.matmul(vec)
+        if self.ndim != 2 or vec.ndim != 1:
+            raise RuntimeError(f"vector + matrix @ vector expected, got 1, {self.ndim}, {vec.ndim}")
+        return _named(self.matmul(vec), "MvBackward0")
 
     def dot(self, other):
-        return self.matmul(other)
+        if self.ndim != 1 or other.ndim != 1:
+            raise RuntimeError(f"1D tensors expected, but got {self.ndim}D and {other.ndim}D tensors")
+        return _named(self.matmul(other), "DotBackward0")
 
     # --- shape and movement ------------------------------------------------------------------
     def _infer_shape(self, shape):
@@ -905,16 +1098,16 @@ class Tensor:
         n = self.numel()
         if shape.count(-1) > 1:
             raise RuntimeError("only one dimension can be inferred")
-        known = int(np.prod([s for s in shape if s != -1], dtype=np.int64))
+        for i, s in enumerate(shape):
+            if s < -1:
+                raise RuntimeError(f"invalid shape dimension {s} at index {i} of shape {shape}")
+        known = math.prod(s for s in shape if s != -1)
         if -1 in shape:
             if known == 0 or n % known:
                 raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size {n}")
             shape[shape.index(-1)] = n // known
         elif known != n:
             raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size {n}")
-        for s in shape:
-            if s < 0:
-                raise RuntimeError(f"invalid shape dimension {s}")
         return tuple(shape)
 
     def reshape(self, *shape):
@@ -950,19 +1143,27 @@ class Tensor:
 
     def unflatten(self, dim, sizes):
         d = _normalize_dim(dim, self.ndim)
-        return self.reshape(self.shape[:d] + tuple(sizes) + self.shape[d + 1:])
+        sizes = tuple(sizes)
+        known = math.prod(s for s in sizes if s != -1)
+        if (known != self.shape[d] and -1 not in sizes) or (-1 in sizes and (known == 0 or self.shape[d] % known)):
+            raise RuntimeError(
+                f"unflatten: Provided sizes {list(sizes)} don't multiply up to the size of dim {dim} "
+                f"({self.shape[d]}) in the input tensor"
+            )
+        return self.view(self.shape[:d] + sizes + self.shape[d + 1:])
 
     def squeeze(self, dim=None):
         if dim is None:
-            shape = tuple(s for s in self.shape if s != 1)
+            shape, name = tuple(s for s in self.shape if s != 1), "SqueezeBackward0"
         else:
             dims = _normalize_dims(dim, self.ndim) or ()
             shape = tuple(s for i, s in enumerate(self.shape) if not (i in dims and s == 1))
-        return dispatch("reshape", self, shape=shape)
+            name = "SqueezeBackward1" if isinstance(dim, (int, np.integer)) else "SqueezeBackward2"
+        return _named(dispatch("reshape", self, shape=shape), name)
 
     def unsqueeze(self, dim):
         d = _normalize_dim(dim, self.ndim + 1)
-        return dispatch("reshape", self, shape=self.shape[:d] + (1,) + self.shape[d:])
+        return _named(dispatch("reshape", self, shape=self.shape[:d] + (1,) + self.shape[d:]), "UnsqueezeBackward0")
 
     def permute(self, *dims):
         dims = _shape_arg(dims) if dims and not isinstance(dims[0], (list, tuple)) else tuple(dims[0])
@@ -981,14 +1182,14 @@ class Tensor:
         axes = list(range(self.ndim))
         a, b = _normalize_dim(dim0, self.ndim), _normalize_dim(dim1, self.ndim)
         axes[a], axes[b] = axes[b], axes[a]
-        return dispatch("permute", self, dims=tuple(axes)) if self.ndim else self
+        return _named(dispatch("permute", self, dims=tuple(axes)), "TransposeBackward0")
 
     swapaxes = transpose
 
     def t(self):
         if self.ndim > 2:
             raise RuntimeError(f"t() expects a tensor with <= 2 dimensions, but self is {self.ndim}D")
-        return self.transpose(0, 1) if self.ndim == 2 else self
+        return _named(dispatch("permute", self, dims=tuple(reversed(range(self.ndim)))), "TBackward0")
 
     @property
     def T(self):
@@ -1102,29 +1303,35 @@ class Tensor:
     # --- indexing ----------------------------------------------------------------------------
     def __getitem__(self, key):
         index, tensors = _index_key(key, self)
-        return dispatch("getitem", self, *tensors, index=index)
+        return _named(dispatch("getitem", self, *tensors, index=index), _getitem_node_name(index, tensors))
 
     def gather(self, dim, index):
         d = _normalize_dim(dim, self.ndim)
-        _check_index_tensor(index, "gather")
+        _check_index_tensor(index, "gather", "int32/int64")
         if index.ndim != self.ndim and not (index.ndim <= 1 and self.ndim <= 1):
             raise RuntimeError("Index tensor must have the same number of dimensions as input tensor")
         for i in range(self.ndim):
             if i != d and index.shape[i] > self.shape[i]:
                 raise RuntimeError(
-                    f"Size does not match at dimension {i} expected index {list(index.shape)} to be smaller "
+                    f"Size does not match at dimension {i} expected index {list(index.shape)} to be no larger "
                     f"than self {list(self.shape)} apart from dimension {d}"
                 )
-        _check_bounds(index, self.shape[d] if self.ndim else 1, "gather")
+        self._check_scatter_gather_bounds(index, d)
         return dispatch("gather", self, index, dim=d)
+
+    def _check_scatter_gather_bounds(self, index, d):
+        size = self.shape[d] if self.ndim else 1
+        bad = _out_of_bounds(index, 0, size)  # no negative indices here
+        if bad is not None:
+            raise RuntimeError(f"index {bad} is out of bounds for dimension {d} with size {size}")
 
     def scatter(self, dim, index, src=None, *, value=None, reduce=None):
         d = _normalize_dim(dim, self.ndim)
-        _check_index_tensor(index, "scatter")
-        _check_bounds(index, self.shape[d], "scatter")
+        _check_index_tensor(index, "scatter", "int64")
+        self._check_scatter_gather_bounds(index, d)
         source = src if src is not None else value
-        if isinstance(source, Tensor):
-            source = source.to(self.dtype)
+        if isinstance(source, Tensor) and source.dtype is not self._dtype:
+            raise RuntimeError("scatter(): Expected self.dtype to be equal to src.dtype")
         return dispatch("scatter", self, index, source, dim=d, reduce=reduce)
 
     def scatter_(self, dim, index, src=None, *, value=None, reduce=None):
@@ -1136,10 +1343,15 @@ class Tensor:
 
     def index_select(self, dim, index):
         d = _normalize_dim(dim, self.ndim)
-        _check_index_tensor(index, "index_select")
+        _check_index_tensor(index, "index_select", "int32 or int64")
         if index.ndim > 1:
             raise IndexError("index_select(): Index is supposed to be a vector")
-        _check_bounds(index, self.shape[d] if self.ndim else 1, "index_select")
+        size = self.shape[d] if self.ndim else 1
+        if _out_of_bounds(index, 0, np.iinfo(np.int64).max) is not None:
+            raise IndexError("index out of range in self")
+        bad = _out_of_bounds(index, 0, size)
+        if bad is not None:
+            raise RuntimeError(f"INDICES element is out of DATA bounds, id={bad} axis_dim={size}")
         return dispatch("index_select", self, index.reshape(-1), dim=d)
 
     def masked_select(self, mask):
@@ -1153,6 +1365,25 @@ class Tensor:
         return tensor(np.stack(idx, axis=1).astype(np.int64).reshape(-1, self.ndim))
 
 
+def _qualified_name(value):
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+
+
+def _operand_dtype(x):
+    return x.dtype if isinstance(x, Tensor) else dtypes.scalar_dtype(x)
+
+
+def _check_bool_sub(a, b):
+    kinds = (_operand_dtype(a) is dtypes.bool_, _operand_dtype(b) is dtypes.bool_)
+    if all(kinds):
+        raise RuntimeError("Subtraction, the `-` operator, with two bool tensors is not supported. Use the `^` or "
+                           "`logical_xor()` operator instead.")
+    if any(kinds):
+        raise RuntimeError("Subtraction, the `-` operator, with a bool tensor is not supported. If you are trying to "
+                           "invert a mask, use the `~` or `logical_not()` operator instead.")
+
+
 def _scaled(other, alpha):
     return other if alpha == 1 else other * alpha
 
@@ -1161,6 +1392,18 @@ def _correction(unbiased, correction):
     if correction is not None:
         return correction
     return 0 if unbiased is False else 1
+
+
+def _true():
+    return Tensor._wrap(np.ones((), dtype=np.bool_), dtypes.bool_)
+
+
+def _fit_to(value, shape):
+    """`value` shaped for an indexed write of `shape`: leading size-1 dims dropped, then expanded
+    (PyTorch's setitem rules, with expand's error when it does not fit)."""
+    while value.ndim > len(shape) and value.shape[0] == 1:
+        value = value.reshape(value.shape[1:])
+    return value if value.shape == shape else value.expand(shape)
 
 
 def _check_matmul(a, b):
@@ -1174,25 +1417,25 @@ def _check_matmul(a, b):
         )
     k_a = a.shape[-1]
     k_b = b.shape[0] if b.ndim == 1 else b.shape[-2]
-    if k_a != k_b:
-        if a.ndim == 1 and b.ndim == 1:
+    if a.ndim == 1 and b.ndim == 1:
+        if k_a != k_b:
             raise RuntimeError(
                 f"inconsistent tensor size, expected tensor [{k_a}] and src [{k_b}] to have the same number "
                 f"of elements, but got {k_a} and {k_b} elements respectively"
             )
-        if a.ndim <= 2 and b.ndim <= 2:
-            rows = a.shape[0] if a.ndim == 2 else 1
-            if b.ndim == 1:
-                raise RuntimeError(f"size mismatch, got input ({rows}), mat ({rows}x{k_a}), vec ({k_b})")
+    elif b.ndim <= 2:  # PyTorch folds a's batch dims into rows: mv or mm
+        rows = math.prod(a.shape[:-1])
+        if k_a != k_b and b.ndim == 1:
+            raise RuntimeError(f"size mismatch, got input ({rows}), mat ({rows}x{k_a}), vec ({k_b})")
+        if k_a != k_b:
+            raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied ({rows}x{k_a} and {k_b}x{b.shape[1]})")
+    else:  # batched: broadcast the batch dims, then bmm
+        batch = math.prod(broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+        if k_a != k_b:
             raise RuntimeError(
-                f"mat1 and mat2 shapes cannot be multiplied ({rows}x{k_a} and {b.shape[0]}x{b.shape[1]})"
+                f"Expected size for first two dimensions of batch2 tensor to be: [{batch}, {k_a}] but got: "
+                f"[{batch}, {k_b}]."
             )
-        raise RuntimeError(
-            f"Expected size for first two dimensions of batch2 tensor to be: [{b.shape[0] if b.ndim > 2 else 1}, "
-            f"{k_a}] but got: [{b.shape[0] if b.ndim > 2 else 1}, {k_b}]."
-        )
-    if a.ndim > 2 or b.ndim > 2:
-        broadcast_shapes(a.shape[:-2], b.shape[:-2])
 
 
 _C_TYPES = {"float32": "float", "float64": "double", "float16": "c10::Half", "bfloat16": "c10::BFloat16",
@@ -1204,64 +1447,103 @@ def _c_type(d):
     return _C_TYPES[d.name]
 
 
-def _check_index_tensor(index, fn):
+def _check_index_tensor(index, fn, dtype_text):
     if not isinstance(index, Tensor):
-        raise TypeError(f"{fn}(): argument 'index' must be Tensor, not {type(index).__name__}")
+        raise TypeError(f"{fn}(): argument 'index' (position 2) must be Tensor, not {type(index).__name__}")
     if index.dtype is not dtypes.int64 and index.dtype is not dtypes.int32:
-        raise RuntimeError(f"{fn}(): Expected dtype int64 for index")
+        raise RuntimeError(f"{fn}(): Expected dtype {dtype_text} for index")
 
 
-def _check_bounds(index, size, fn):
+def _out_of_bounds(index, low, size):
+    """The first index value outside [low, size), or None."""
     data = index._data
-    if data.size and (data.min() < -size or data.max() >= size):
-        bad = int(data.max() if data.max() >= size else data.min())
-        raise IndexError(f"index {bad} is out of bounds for dimension with size {size}")
+    bad = data[(data < low) | (data >= size)]
+    return int(bad.flat[0]) if bad.size else None
+
+
+def _check_bounds(index, size, dim, error=IndexError):
+    """Indices may count from the end (-size..size-1), as PyTorch's indexing, gather and scatter."""
+    bad = _out_of_bounds(index, -size, size)
+    if bad is not None:
+        raise error(f"index {bad} is out of bounds for dimension {dim} with size {size}")
+
+
+def _getitem_node_name(index, tensors):
+    """PyTorch applies an index key step by step; its node is named after the last step."""
+    if tensors:
+        return "IndexBackward0"
+    name = "AliasBackward0"
+    for item in index:
+        if isinstance(item, int) and not isinstance(item, bool):
+            name = "SelectBackward0"
+        elif isinstance(item, slice) and item != slice(None):
+            name = "SliceBackward0"
+        elif item is None:
+            name = "UnsqueezeBackward0"
+    return name
 
 
 def _index_key(key, tensor):
     """Turn a Python indexing key into (attr key with TensorSlot placeholders, index tensors).
 
-    Validates integer indices against the shape so errors read as PyTorch's."""
+    Validates indices against the shape so that errors read as PyTorch's."""
     from .creation import tensor as make_tensor
 
     if not isinstance(key, tuple):
         key = (key,)
+    key = tuple(make_tensor(k) if isinstance(k, (list, np.ndarray)) else k for k in key)
+    if sum(1 for k in key if k is Ellipsis) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    consumed = sum(_dims_consumed(k) for k in key)
+    if consumed > tensor.ndim:
+        raise IndexError(f"too many indices for tensor of dimension {tensor.ndim}")
     items, tensors = [], []
     dim = 0
     for item in key:
-        if isinstance(item, (list, np.ndarray)) or (isinstance(item, Tensor)):
-            t = item if isinstance(item, Tensor) else make_tensor(item)
-            if t.dtype.is_floating_point:
+        if isinstance(item, Tensor):
+            if item.dtype.is_floating_point:
                 raise IndexError("tensors used as indices must be long, int, byte or bool tensors")
-            if t.dtype is not dtypes.bool_:
-                _check_bounds(t, tensor.shape[dim] if dim < tensor.ndim else 0, "index")
+            if item.dtype is dtypes.bool_:
+                _check_mask(item, tensor, dim)
+            else:
+                _check_bounds(item, tensor.shape[dim], len(tensors))
             items.append(TensorSlot(len(tensors)))
-            tensors.append(t)
-            dim += t.ndim if t.dtype is dtypes.bool_ else 1
+            tensors.append(item)
         elif isinstance(item, (bool, np.bool_)):
             items.append(bool(item))
         elif isinstance(item, (int, np.integer)):
-            if dim >= tensor.ndim:
-                raise IndexError(f"too many indices for tensor of dimension {tensor.ndim}")
             size = tensor.shape[dim]
             if not -size <= item < size:
                 raise IndexError(f"index {item} is out of bounds for dimension {dim} with size {size}")
             items.append(int(item))
-            dim += 1
         elif isinstance(item, slice):
             if item.step is not None and item.step <= 0:
                 raise ValueError("step must be greater than zero")
             items.append(slice(*(None if v is None else int(v) for v in (item.start, item.stop, item.step))))
-            dim += 1
         elif item is None or item is Ellipsis:
             items.append(item)
-            if item is Ellipsis:
-                dim = tensor.ndim - sum(1 for k in key[key.index(Ellipsis) + 1:] if k is not None)
         else:
             raise IndexError(
                 "only integers, slices (`:`), ellipsis (`...`), None and long or byte Variables are valid indices "
                 f"(got {type(item).__name__})"
             )
-    if dim > tensor.ndim:
-        raise IndexError(f"too many indices for tensor of dimension {tensor.ndim}")
+        dim += tensor.ndim - consumed if item is Ellipsis else _dims_consumed(item)
     return tuple(items), tensors
+
+
+def _dims_consumed(item):
+    """How many dims of the indexed tensor an index item stands for."""
+    if isinstance(item, Tensor):
+        return item.ndim if item.dtype is dtypes.bool_ else 1
+    if item is None or item is Ellipsis or isinstance(item, (bool, np.bool_)):
+        return 0
+    return 1
+
+
+def _check_mask(mask, tensor, dim):
+    for j, n in enumerate(mask.shape):
+        if n != tensor.shape[dim + j]:
+            raise IndexError(
+                f"The shape of the mask {list(mask.shape)} at index {j} does not match the shape of the indexed "
+                f"tensor {list(tensor.shape)} at index {dim + j}"
+            )

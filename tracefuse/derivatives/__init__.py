@@ -4,4 +4,4 @@ differentiable (double backward) and traceable. Importing this package registers
 A rule receives the op's autograd node as `ctx` (attrs, input metadata, saved tensors) and the
 gradients of the op's outputs, and returns one gradient (or None) per input.
 """
-from . import core  # noqa: F401
+from . import core, nn, rnn  # noqa: F401

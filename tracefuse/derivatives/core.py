@@ -145,7 +145,7 @@ def _softplus(ctx, g):
     return dispatch("where", x * beta > threshold, g, g * (x * beta).sigmoid())
 
 
-@rule("cast")
+@rule("cast", node_name="ToCopyBackward0")
 def _cast(ctx, g):
     return g.to(ctx.input_meta[0][1])
 
@@ -169,18 +169,21 @@ def _operand(ctx, i):
     return saved if saved is not None else ctx.scalars[i]
 
 
+# Binary rules read a saved operand only for the gradient that needs it, as PyTorch saves it only
+# then: `y = x * 2` can be backpropagated twice, and x may change in place after `x * w` when only
+# w's gradient is asked for.
+
 @rule("mul", inputs=(0, 1))
 def _mul(ctx, g):
-    x, y = _operand(ctx, 0), _operand(ctx, 1)
-    return (sum_to(g * y, _shape(ctx, 0)) if ctx.needs_input_grad[0] else None,
-            sum_to(g * x, _shape(ctx, 1)) if ctx.needs_input_grad[1] else None)
+    return (sum_to(g * _operand(ctx, 1), _shape(ctx, 0)) if ctx.needs_input_grad[0] else None,
+            sum_to(g * _operand(ctx, 0), _shape(ctx, 1)) if ctx.needs_input_grad[1] else None)
 
 
 @rule("div", inputs=(0, 1))
 def _div(ctx, g):
-    x, y = _operand(ctx, 0), _operand(ctx, 1)
+    y = _operand(ctx, 1)
     return (sum_to(g / y, _shape(ctx, 0)) if ctx.needs_input_grad[0] else None,
-            sum_to(-g * x / (y * y), _shape(ctx, 1)) if ctx.needs_input_grad[1] else None)
+            sum_to(-g * _operand(ctx, 0) / (y * y), _shape(ctx, 1)) if ctx.needs_input_grad[1] else None)
 
 
 @rule("div_mode")
@@ -198,13 +201,15 @@ def _pow(ctx, g):
         else:
             gx = sum_to(g * y * x ** (y - 1), _shape(ctx, 0))
     if ctx.needs_input_grad[1]:
-        out = ctx.saved_output(0)
         # d/dy x^y = x^y log x, taken as 0 where x == 0 and y >= 0 (as PyTorch).
-        if ctx.input_meta[0] is None:
-            log_x = math.log(x) if x != 0 else 0.0
+        if ctx.input_meta[0] is not None:
+            grad = g * ctx.saved_output(0) * x.log()
+            gy = dispatch("where", (x == 0) & (y >= 0), 0.0, grad)
+        elif x == 0:
+            gy = dispatch("where", y >= 0, 0.0, g * ctx.saved_output(0) * -math.inf)
         else:
-            log_x = dispatch("where", (x == 0) & (y >= 0), 0.0, x.log())
-        gy = sum_to(g * out * log_x, _shape(ctx, 1))
+            gy = g * ctx.saved_output(0) * (math.log(x) if x > 0 else math.nan)
+        gy = sum_to(gy, _shape(ctx, 1))
     return gx, gy
 
 
@@ -383,10 +388,10 @@ def _matmul(ctx, g):
     a2 = a.unsqueeze(0) if a.ndim == 1 else a
     b2 = b.unsqueeze(-1) if b.ndim == 1 else b
     g2 = g
-    if a.ndim == 1:
-        g2 = g2.unsqueeze(-2)
     if b.ndim == 1:
         g2 = g2.unsqueeze(-1)
+    if a.ndim == 1:
+        g2 = g2.unsqueeze(-2)
     ga = gb = None
     if ctx.needs_input_grad[0]:
         ga = g2.matmul(b2.transpose(-1, -2))
@@ -508,19 +513,3 @@ def _tril(ctx, g):
 @rule("triu")
 def _triu(ctx, g):
     return g.triu(ctx.attrs["diagonal"])
-
-
-# --- softmax family ------------------------------------------------------------------------------
-
-@rule("softmax", outputs=(0,))
-def _softmax(ctx, g):
-    y = ctx.saved_output(0)
-    d = ctx.attrs["dim"]
-    return y * (g - (g * y).sum(dim=d, keepdim=True))
-
-
-@rule("log_softmax", outputs=(0,))
-def _log_softmax(ctx, g):
-    y = ctx.saved_output(0)
-    d = ctx.attrs["dim"]
-    return g - y.exp() * g.sum(dim=d, keepdim=True)

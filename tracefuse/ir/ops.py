@@ -17,7 +17,10 @@ dtype rules:
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+
+import numpy as np
 
 KINDS = ("creation", "elementwise", "reduce", "matmul", "movement", "composite", "collective")
 DTYPE_RULES = ("promote", "float", "bool", "same", "sum", "index", "attr", "custom")
@@ -66,11 +69,20 @@ def get(name: str) -> OpDef:
 
 
 def register_impl(name):
-    """Decorator: the NumPy implementation of op `name` (arrays and attrs in, array(s) out)."""
+    """Decorator: the NumPy implementation of op `name` (arrays and attrs in, array(s) out).
+
+    Implementations run with NumPy's floating-point warnings off: IEEE arithmetic quietly gives
+    inf/nan, as in PyTorch."""
     def deco(fn):
         op = get(name)
         assert op.impl is None, f"two NumPy implementations for '{name}'"
-        op.impl = fn
+
+        @functools.wraps(fn)
+        def quiet(*args, **kwargs):
+            with np.errstate(all="ignore"):
+                return fn(*args, **kwargs)
+
+        op.impl = quiet
         return fn
     return deco
 
@@ -172,32 +184,52 @@ _op("layer_norm", "composite", "same", ("normalized_shape", "eps"))  # (x, weigh
 _op("embedding", "composite", "same", ("padding_idx",))  # (weight, indices)
 _op("embedding_backward", "composite", "same", ("num_weights", "padding_idx"))
 _op("conv", "composite", "promote", ("stride", "padding", "dilation", "groups"))  # (x, w, b?)
-_op("conv_backward", "composite", "same", ("stride", "padding", "dilation", "groups", "has_bias"),
-    differentiable=False, n_outputs=3)  # (grad_out, x, w) -> (gx, gw, gb)
+# (grad_out, x, w) -> (gx, gw, gb); output_mask: which of the three to compute (others are zeros).
+# Differentiable (its rule is made of conv and conv_backward), so conv has double backward.
+_op("conv_backward", "composite", "same", ("stride", "padding", "dilation", "groups", "output_mask"),
+    n_outputs=3)
+# Pooling: the trailing len(kernel_size) dims are spatial. max_pool's indices are flat over them.
 _op("max_pool", "composite", "same", ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
     n_outputs=2, aux_outputs=(1,))
-_op("max_pool_backward", "composite", "same", ("input_shape",))  # (grad_out, indices)
-_op("avg_pool", "composite", "same", ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"))
-_op("avg_pool_backward", "composite", "same",
-    ("input_shape", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"))
-# Recurrent layers, one op per layer and direction. Inputs:
-#   (x[T,B,I], h0[B,H], c0[B,H] (lstm only), w_ih, w_hh, b_ih?, b_hh?, w_hr? (lstm proj), lengths[B]?)
-# Outputs: (y[T,B,H], h_n[B,H], c_n (lstm), workspace) where the workspace holds the gate
-# activations the backward op reads. `lengths` masks packed batches: steps past a sequence's
-# length leave its state unchanged and write zeros to y.
+_op("max_pool_backward", "composite", "same", ("input_shape", "spatial_ndim"))  # (grad_out, indices)
+_POOL_ATTRS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+_op("avg_pool", "composite", "same", _POOL_ATTRS)
+_op("avg_pool_backward", "composite", "same", ("input_shape",) + _POOL_ATTRS)
+# Recurrent layers, one op per layer kind and direction (PyTorch's gate order: lstm i,f,g,o;
+# gru r,z,n with n = tanh(W_in x + b_in + r * (W_hn h + b_hn))). Inputs, None where absent:
+#   lstm_layer(x[T,B,I], h0[B,P], c0[B,H], w_ih[4H,I], w_hh[4H,P], b_ih[4H]?, b_hh[4H]?, w_hr[P,H]?, lengths[B]?)
+#   gru_layer (x[T,B,I], h0[B,H], w_ih[3H,I], w_hh[3H,H], b_ih[3H]?, b_hh[3H]?, lengths[B]?)
+#   rnn_layer (x[T,B,I], h0[B,H], w_ih[H,I],  w_hh[H,H],  b_ih[H]?,  b_hh[H]?,  lengths[B]?)
+# with P = proj_size if has_proj else H; b_* are None unless has_bias, w_hr unless has_proj,
+# lengths (int64) unless has_lengths. Outputs: (y[T,B,P], h_n[B,P], c_n[B,H] (lstm only), workspace)
+# where the workspace is a flat float array in the compute dtype (float32 for float16/bfloat16)
+# holding what the backward op reads besides y (gate activations and cell states per step; the
+# layout is private to the forward/backward implementation pair).
+# `lengths` masks packed batches: step t is active for sequence b iff t < lengths[b]; inactive
+# steps leave its state unchanged and write zeros to y. reverse=True runs t = T-1 .. 0, so each
+# sequence's reverse pass starts at its own last valid step. Shapes never change step by step.
 _RNN_ATTRS = ("reverse", "has_bias", "has_proj", "has_lengths")
 _op("lstm_layer", "composite", "same", _RNN_ATTRS, n_outputs=4, aux_outputs=(3,))
 _op("gru_layer", "composite", "same", _RNN_ATTRS, n_outputs=3, aux_outputs=(2,))
 _op("rnn_layer", "composite", "same", _RNN_ATTRS + ("nonlinearity",), n_outputs=3, aux_outputs=(2,))
 for _cell in ("lstm", "gru", "rnn"):
-    # (grads of the layer's outputs, the layer's inputs and workspace) -> grads of its inputs
-    _op(f"{_cell}_layer_backward", "composite", "custom", _RNN_ATTRS + (("nonlinearity",) if _cell == "rnn" else ()),
+    # (grads of the layer's outputs except the workspace, the layer's inputs, y, the workspace)
+    #   lstm: (dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, y, workspace)
+    #   gru/rnn: (dy, dh_n, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, workspace)
+    # -> grads of the present float inputs in order: (dx, dh0, dc0 (lstm), dw_ih, dw_hh,
+    #    db_ih, db_hh (if has_bias), dw_hr (if has_proj)), all in dy's dtype.
+    _op(f"{_cell}_layer_backward", "composite", "same", _RNN_ATTRS + (("nonlinearity",) if _cell == "rnn" else ()),
         differentiable=False, n_outputs=-1)
-# Cells: one step. Inputs (x[B,I], h[B,H], c[B,H] (lstm), w_ih, w_hh, b_ih?, b_hh?).
+# Cells: one step, differentiable by rules written with tensor ops (double backward works).
+#   lstm_cell(x[B,I], h[B,H], c[B,H], w_ih[4H,I], w_hh[4H,H], b_ih?, b_hh?) -> (h', c')
+#   gru_cell(x, h, w_ih[3H,I], w_hh[3H,H], b_ih?, b_hh?) -> h';  rnn_cell(x, h, w_ih[H,I], w_hh[H,H], b_ih?, b_hh?) -> h'
 _op("lstm_cell", "composite", "same", ("has_bias",), n_outputs=2)
 _op("gru_cell", "composite", "same", ("has_bias",))
 _op("rnn_cell", "composite", "same", ("has_bias", "nonlinearity"))
 
 # --- multi-tensor ops (clip_grad_norm, optimizers): one node whatever the tensor count --------
-_op("multi_tensor_norm", "collective", "custom", ("p",), differentiable=False)  # (*tensors) -> total norm
-_op("multi_tensor_scale", "collective", "custom", (), differentiable=False, n_outputs=-1)  # (coef, *tensors)
+# multi_tensor_norm(*tensors) -> 0-dim: the p-norm of the per-tensor p-norms (each rounded to its
+# tensor's dtype; the result has their promoted dtype), i.e. the norm of all tensors concatenated.
+# multi_tensor_scale(coef, *tensors) -> each tensor times the 0-dim coef, in its own dtype.
+_op("multi_tensor_norm", "collective", "custom", ("p",), differentiable=False)
+_op("multi_tensor_scale", "collective", "custom", (), differentiable=False, n_outputs=-1)

@@ -14,15 +14,22 @@ def full(*, shape, value, dtype, device):
 
 @register_impl("arange")
 def arange(*, start, end, step, dtype, device):
-    # Compute in float64 like PyTorch and cast, so fractional steps count the same elements.
+    if all(isinstance(v, int) for v in (start, end, step)):
+        return np.arange(start, end, step, dtype=np.int64).astype(dtype.np_type)
+    # As PyTorch: the count is ceil((end - start) / step) in double, each value start + i * step in double.
     n = int(np.ceil((end - start) / step))
-    return (start + step * np.arange(max(n, 0), dtype=np.float64)).astype(dtype.np_type) \
-        if dtype.is_floating_point else np.arange(start, end, step).astype(dtype.np_type)
+    return (start + step * np.arange(max(n, 0), dtype=np.float64)).astype(dtype.np_type)
 
 
 @register_impl("linspace")
 def linspace(*, start, end, steps, dtype, device):
-    return np.linspace(start, end, steps).astype(dtype.np_type)
+    # PyTorch's formula, in its arithmetic (the float type itself; double for integers), so that
+    # values agree to the bit: the first half counts up from start, the second half down from end.
+    t = np.float64 if not dtype.is_floating_point or dtype.itemsize == 8 else np.float32
+    idx = np.arange(steps, dtype=t)
+    step = (t(end) - t(start)) / t(max(steps - 1, 1))
+    values = np.where(idx < steps // 2, t(start) + step * idx, t(end) - step * (t(steps - 1) - idx))
+    return values.astype(dtype.np_type)
 
 
 @register_impl("eye")

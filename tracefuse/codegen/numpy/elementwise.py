@@ -9,46 +9,54 @@ from ...ir.ops import register_impl
 from .random import generator
 
 _SIMPLE = {
-    "neg": np.negative, "abs": np.abs, "sign": np.sign, "floor": np.floor, "ceil": np.ceil,
+    "neg": np.negative, "abs": np.abs, "floor": np.floor, "ceil": np.ceil,
     "round": np.round, "trunc": np.trunc, "exp": np.exp, "expm1": np.expm1, "log": np.log,
     "log1p": np.log1p, "log2": np.log2, "sqrt": np.sqrt, "sin": np.sin, "cos": np.cos,
     "tanh": np.tanh, "reciprocal": np.reciprocal, "add": np.add, "sub": np.subtract,
     "mul": np.multiply, "div": np.divide, "maximum": np.maximum, "minimum": np.minimum,
-    "remainder": np.mod, "atan2": np.arctan2, "eq": np.equal, "ne": np.not_equal, "lt": np.less,
+    "atan2": np.arctan2, "eq": np.equal, "ne": np.not_equal, "lt": np.less,
     "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal,
     "logical_and": np.logical_and, "logical_or": np.logical_or, "logical_xor": np.logical_xor,
     "logical_not": np.logical_not, "isnan": np.isnan, "isinf": np.isinf, "isfinite": np.isfinite,
 }
 
 
-def _quiet(fn):
-    """NumPy warns where IEEE arithmetic quietly gives inf/nan; PyTorch does not."""
-    def impl(*args):
-        with np.errstate(all="ignore"):
-            return fn(*args)
-    impl.__name__ = fn.__name__
-    return impl
-
-
 for _name, _fn in _SIMPLE.items():
-    register_impl(_name)(_quiet(_fn))
+    register_impl(_name)(_fn)
+
+
+@register_impl("sign")
+def sign(x):
+    if x.dtype == np.bool_:
+        return x.copy()
+    out = np.sign(x)
+    return np.where(np.isnan(out), 0, out).astype(x.dtype, copy=False) if x.dtype.kind == "f" else out  # sign(nan) = 0
+
+
+def _check_integer_divisor(x, y):
+    if x.dtype.kind in "iub" and np.any(np.asarray(y) == 0):
+        raise RuntimeError("ZeroDivisionError")
+
+
+@register_impl("remainder")
+def remainder(x, y):
+    _check_integer_divisor(x, y)
+    return np.mod(x, y)
 
 
 @register_impl("relu")
 def relu(x):
-    return np.maximum(x, 0).astype(x.dtype, copy=False)
+    return np.where(x < 0, 0, x).astype(x.dtype, copy=False)  # keeps -0.0 and nan, as PyTorch
 
 
 @register_impl("rsqrt")
 def rsqrt(x):
-    with np.errstate(all="ignore"):
-        return 1.0 / np.sqrt(x)
+    return 1.0 / np.sqrt(x)
 
 
 @register_impl("sigmoid")
 def sigmoid(x):
-    with np.errstate(over="ignore"):
-        return 1.0 / (1.0 + np.exp(-x))
+    return 1.0 / (1.0 + np.exp(-x))
 
 
 _erf = np.frompyfunc(math.erf, 1, 1)
@@ -73,43 +81,36 @@ def leaky_relu(x, *, negative_slope):
 
 @register_impl("elu")
 def elu(x, *, alpha):
-    with np.errstate(over="ignore"):
-        return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))).astype(x.dtype, copy=False)
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))).astype(x.dtype, copy=False)
 
 
 @register_impl("softplus")
 def softplus(x, *, beta, threshold):
     bx = beta * x
-    with np.errstate(over="ignore"):
-        return np.where(bx > threshold, x, np.log1p(np.exp(np.minimum(bx, threshold))) / beta).astype(x.dtype, copy=False)
+    return np.where(bx > threshold, x, np.log1p(np.exp(np.minimum(bx, threshold))) / beta).astype(x.dtype, copy=False)
 
 
 @register_impl("pow")
 def pow_(x, y):
     if x.dtype.kind in "iu" and np.any(y < 0):
         raise RuntimeError("Integers to negative integer powers are not allowed.")
-    with np.errstate(all="ignore"):
-        return np.power(x, y)
+    return np.power(x, y)
 
 
 @register_impl("div_mode")
 def div_mode(x, y, *, rounding_mode):
-    if x.dtype.kind in "iub" and np.any(y == 0):
-        raise RuntimeError("ZeroDivisionError")
-    with np.errstate(all="ignore"):
-        if x.dtype.kind in "iu":
-            q = np.floor_divide(x, y)
-            if rounding_mode == "trunc":
-                q = q + ((np.mod(x, y) != 0) & ((x < 0) != (y < 0)))
-            return q.astype(x.dtype, copy=False)
-        q = np.divide(x, y)
-        return np.floor(q) if rounding_mode == "floor" else np.trunc(q)
+    _check_integer_divisor(x, y)
+    if x.dtype.kind in "iu":
+        q = np.floor_divide(x, y)
+        if rounding_mode == "trunc":
+            q = q + ((np.mod(x, y) != 0) & ((x < 0) != (y < 0)))
+        return q.astype(x.dtype, copy=False)
+    return np.floor_divide(x, y) if rounding_mode == "floor" else np.trunc(np.divide(x, y))  # Python's // for floor
 
 
 @register_impl("cast")
 def cast(x, *, dtype):
-    with np.errstate(invalid="ignore"):
-        return x.astype(dtype.np_type)
+    return x.astype(dtype.np_type)
 
 
 @register_impl("where")

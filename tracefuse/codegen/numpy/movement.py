@@ -18,12 +18,14 @@ def permute(x, *, dims):
 
 @register_impl("expand")
 def expand(x, *, shape):
-    return np.broadcast_to(x, shape)
+    # Writable like PyTorch's expanded views (Tensor refuses arithmetic in place on overlapping elements).
+    b = np.broadcast_to(x, shape)
+    return np.lib.stride_tricks.as_strided(x, b.shape, b.strides)
 
 
 @register_impl("flip")
 def flip(x, *, dims):
-    return np.flip(x, dims)
+    return np.flip(x, dims).copy()  # PyTorch's flip copies
 
 
 @register_impl("repeat")

@@ -18,8 +18,7 @@ def prod(x, *, dim, keepdim):
 
 @register_impl("mean")
 def mean(x, *, dim, keepdim):
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.mean(x, axis=dim, keepdims=keepdim)
+    return np.mean(x, axis=dim, keepdims=keepdim)
 
 
 @register_impl("amax")
@@ -33,6 +32,8 @@ def amin(x, *, dim, keepdim):
 
 
 def _extreme_with_index(x, dim, keepdim, arg):
+    if x.ndim == 0:
+        return x.copy(), np.zeros((), dtype=np.int64)
     idx = arg(x, axis=dim, keepdims=True)
     values = np.take_along_axis(x, idx, axis=dim)
     if not keepdim:
@@ -62,8 +63,7 @@ def argmin(x, *, dim, keepdim):
 
 @register_impl("var")
 def var(x, *, dim, correction, keepdim):
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.var(x, axis=dim, ddof=correction, keepdims=keepdim)
+    return np.var(x, axis=dim, ddof=correction, keepdims=keepdim)
 
 
 @register_impl("norm")
@@ -79,16 +79,14 @@ def norm(x, *, p, dim, keepdim):
         return np.sum(a != 0, axis=dim, keepdims=keepdim).astype(x.dtype)
     if p == 1:
         return np.sum(a, axis=dim, keepdims=keepdim)
-    with np.errstate(all="ignore"):
-        return np.sum(a ** p, axis=dim, keepdims=keepdim) ** (1.0 / p)
+    return np.sum(a ** p, axis=dim, keepdims=keepdim) ** (1.0 / p)
 
 
 @register_impl("logsumexp")
 def logsumexp(x, *, dim, keepdim):
     m = np.max(x, axis=dim, keepdims=True)
     m = np.where(np.isfinite(m), m, 0)
-    with np.errstate(divide="ignore"):
-        out = np.log(np.sum(np.exp(x - m), axis=dim, keepdims=True)) + m
+    out = np.log(np.sum(np.exp(x - m), axis=dim, keepdims=True)) + m
     return out if keepdim else np.squeeze(out, axis=dim)
 
 
@@ -97,11 +95,16 @@ def cumsum(x, *, dim):
     return np.cumsum(x, axis=dim)
 
 
+def _logical_reduction(fn, x, dim, keepdim):
+    out = fn(x, axis=dim, keepdims=keepdim)
+    return out.astype(np.uint8) if x.dtype == np.uint8 else out  # PyTorch keeps uint8 here
+
+
 @register_impl("all")
 def all_(x, *, dim, keepdim):
-    return np.all(x, axis=dim, keepdims=keepdim)
+    return _logical_reduction(np.all, x, dim, keepdim)
 
 
 @register_impl("any")
 def any_(x, *, dim, keepdim):
-    return np.any(x, axis=dim, keepdims=keepdim)
+    return _logical_reduction(np.any, x, dim, keepdim)

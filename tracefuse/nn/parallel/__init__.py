@@ -1,0 +1,2 @@
+"""Data parallelism across devices (as torch.nn.parallel)."""
+from .data_parallel import DataParallel  # noqa: F401
