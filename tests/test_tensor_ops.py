@@ -4,6 +4,7 @@ every output and the gradients of every float input (through a random cotangent)
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -19,14 +20,15 @@ I64, I32, I16, I8, U8, BOOL = (tracefuse.int64, tracefuse.int32, tracefuse.int16
                                tracefuse.uint8, tracefuse.bool)
 ALL_DTYPES = (F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL)
 FLOATS = (F64, F32, F16, BF16)
-# Forward tolerances per dtype (None: torch.testing's defaults); float64 is held to 1e-7.
-TOL = {F64: dict(rtol=1e-7, atol=1e-7), F32: {}, F16: dict(rtol=1e-3, atol=1e-3), BF16: dict(rtol=1.6e-2, atol=1e-2)}
+# Tolerances per dtype: float64 is held to 1e-7, the others to torch.testing's defaults (half
+# precisions compute in float32 and round once, as PyTorch's CPU kernels).
+TOL = {F64: dict(rtol=1e-7, atol=1e-7)}
 SHAPES = [(), (1,), (5,), (2, 3), (3, 1, 4)]
 FAST = settings(max_examples=15, deadline=None)
 
 
 def _inputs(shapes, dtypes_, low, high, rng, values):
-    """Matching (tracefuse, torch) leaf tensors; float ones require grad when `grad`."""
+    """Matching (tracefuse, torch) leaf tensors from the same values."""
     out = []
     for i, (shape, d) in enumerate(zip(shapes, dtypes_)):
         if values is not None:
@@ -72,9 +74,9 @@ def check(fn, *shapes, dtype=F64, low=-2.0, high=2.0, grad=True, tol=None, value
             assert type(a) is type(b) and a == b, (a, b)
     if not grad:
         return
-    differentiable = [(a, b) for a, b in zip(out_ours, out_theirs)
-                      if isinstance(b, torch.Tensor) and b.requires_grad]
-    assert [a.requires_grad for a, _ in differentiable] == [True] * len(differentiable)
+    tensors = [(a, b) for a, b in zip(out_ours, out_theirs) if isinstance(b, torch.Tensor)]
+    assert [a.requires_grad for a, _ in tensors] == [b.requires_grad for _, b in tensors]
+    differentiable = [(a, b) for a, b in tensors if b.requires_grad]
     if not differentiable:
         return
     loss_ours, loss_theirs = 0, 0
@@ -232,8 +234,7 @@ def test_python_scalar_operands(op, scalar, dtype):
         values = [[1, 2, 3]] if integral else [[0.75, 1.5, 2.25]]
         check(lambda m, x: eval(expr, {"x": x, "s": scalar}), None, dtype=dtype, values=values,
               # torch has no derivative for floor_divide, nor for remainder(Scalar, Tensor)
-              grad=op != "//" and not (op == "%" and expr.startswith("s")),
-              tol=dict(rtol=1e-3, atol=1e-3) if dtype in (F16, BF16) else None)
+              grad=op != "//" and not (op == "%" and expr.startswith("s")))
 
 
 def check_raises_same(fn, shape, dtype):
@@ -251,8 +252,7 @@ def test_promotion_table(a, b):
     for shape_b in [(2,), ()]:
         for fn in (lambda m, x, y: x + y if x.dtype != m.bool or y.dtype != m.bool else x | y,
                    lambda m, x, y: x * y, lambda m, x, y: x / y, lambda m, x, y: x < y):
-            check(fn, (2,), shape_b, dtype=[a, b], low=1, high=3, grad=False, tol=dict(rtol=1.6e-2, atol=1e-2))
-    assert tracefuse.promote_types(a, b) is a if a is b else True
+            check(fn, (2,), shape_b, dtype=[a, b], low=1, high=3, grad=False, tol={})
     assert str(tracefuse.promote_types(a, b)).replace("tracefuse", "torch") == \
         str(torch.promote_types(torch_dtype(a), torch_dtype(b)))
 
@@ -417,6 +417,9 @@ MOVEMENT = {
     "chunk_dim": ((2, 5), lambda m, x: m.chunk(x, 2, dim=1)),
     "split": ((7, 2), lambda m, x: x.split(3)),
     "split_sizes": ((2, 7), lambda m, x: x.split([2, 5], dim=1)),
+    "split_empty": ((0, 2), lambda m, x: x.split(2)),
+    "chunk_empty": ((2, 0), lambda m, x: x.chunk(3, 1)),
+    "split_exact": ((6,), lambda m, x: x.split(3)),
     "unbind": ((3, 2), lambda m, x: x.unbind(1)),
     "flip": ((2, 3, 4), lambda m, x: x.flip(0, 2)),
     "flip_list": ((2, 3), lambda m, x: x.flip([-1])),
@@ -693,10 +696,10 @@ def test_inplace_shares_storage_with_views():
 def test_conversions():
     for d in FLOATS + (I64, BOOL):
         check(lambda m, x: (x.float(), x.double(), x.half(), x.bfloat16(), x.long(), x.int(), x.bool()), (2, 3),
-              dtype=d, grad=False, tol=dict(rtol=1.6e-2, atol=1e-2))
+              dtype=d, grad=False, tol={})
         for target in ALL_DTYPES:
             check(lambda m, x: x.to(getattr(m, target.name)), (5,), dtype=d, low=-3, high=300, grad=False,
-                  tol=dict(rtol=1.6e-2, atol=1e-2))
+                  tol={})
     check(lambda m, x: x.to(m.float32) * 2, (3,))  # differentiable cast
     check(lambda m, x: x.type(m.float32).double(), (3,))
     check(lambda m, x: (x.to(m.zeros(1, dtype=m.float32)), x.type_as(m.zeros(1, dtype=m.int32))), (3,), grad=False)
@@ -769,3 +772,26 @@ def test_misc_methods():
                 x.requires_grad, x.is_leaf, x.grad_fn, x.device.type, str(x.device), x.is_cuda)
 
     assert facts(tracefuse) == facts(torch)
+
+
+def test_copy_deepcopy_pickle():
+    import copy
+    import pickle
+
+    for m in (tracefuse, torch):
+        x = m.tensor([1.0, 2.0, 3.0], requires_grad=True)
+        x.grad = m.ones(3)
+        deep = copy.deepcopy(x)
+        assert deep.requires_grad and deep.is_leaf and deep.grad.tolist() == [1.0, 1.0, 1.0]
+        deep.data[0] = 5.0
+        assert x[0].item() == 1.0  # a deep copy owns its data
+        shallow = copy.copy(x.detach())
+        shallow[1] = 7.0
+        assert x[1].item() == 7.0  # a shallow copy shares it
+        for t in (x, x[1:], x * 2, m.tensor([[1, 2]], dtype=m.int32), m.tensor([1.5], dtype=m.bfloat16)):
+            back = pickle.loads(pickle.dumps(t))
+            assert back.tolist() == t.tolist() and back.dtype == t.dtype and back.requires_grad == t.requires_grad
+            assert back.is_leaf
+        with pytest.raises(RuntimeError, match=re.escape(
+                "Only Tensors created explicitly by the user (graph leaves) support the deepcopy protocol")):
+            copy.deepcopy(x * 2)

@@ -324,18 +324,14 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, capture=None, a
     `accumulate=False` leaves' `.grad` are left untouched.
     """
     edges = [gradient_edge(t) for t in roots]
+    graph = _reachable([n for n, _ in edges if n is not None])
+    if capture is not None:
+        graph = _leading_to({n for n, _ in capture}, graph)
     deps: dict[Node, int] = defaultdict(int)
-    seen = set()
-    stack = [n for n, _ in edges if n is not None]
-    seen.update(stack)
-    while stack:
-        node = stack.pop()
+    for node in graph:
         for nxt, _ in node.next_functions:
-            if nxt is not None:
+            if nxt in graph:
                 deps[nxt] += 1
-                if nxt not in seen:
-                    seen.add(nxt)
-                    stack.append(nxt)
 
     buffers: dict[Node, list] = {}
 
@@ -349,7 +345,7 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, capture=None, a
 
     captured = {}
     ready = []
-    for node in {n for n, _ in edges if n is not None}:
+    for node in {n for n, _ in edges if n in graph}:
         if deps[node] == 0:
             heapq.heappush(ready, (-node._seq, id(node), node))
     with set_grad_enabled(create_graph):
@@ -383,7 +379,7 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, capture=None, a
             if not retain_graph:
                 node.release()
             for (nxt, nr), g in zip(node.next_functions, out_grads):
-                if nxt is None:
+                if nxt not in graph:
                     continue
                 if g is not None:
                     add_grad(nxt, nr, g)
@@ -391,6 +387,27 @@ def _run_backward(roots, root_grads, retain_graph, create_graph, capture=None, a
                 if deps[nxt] == 0:
                     heapq.heappush(ready, (-nxt._seq, id(nxt), nxt))
     return captured
+
+
+def _reachable(starts):
+    seen = set(starts)
+    stack = list(seen)
+    while stack:
+        for nxt, _ in stack.pop().next_functions:
+            if nxt is not None and nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return seen
+
+
+def _leading_to(targets, nodes):
+    """The nodes with a path to one of `targets`: autograd.grad runs only those, as PyTorch does (the
+    rest of the graph may even have been freed). A node is younger than the nodes it points to."""
+    needed = set()
+    for node in sorted(nodes, key=lambda n: n._seq):
+        if node in targets or any(nxt in needed for nxt, _ in node.next_functions):
+            needed.add(node)
+    return needed
 
 
 def _materialize(node, grads):
@@ -432,6 +449,13 @@ def _as_tuple(x):
 
 def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False):
     """Accumulate into the leaves' `.grad` the gradients of `tensors` (PyTorch's autograd.backward)."""
+    from .tracer import context
+
+    if context.current() is not None:
+        raise context.TracingError(
+            f"tracefuse.compile: backward() at {context.user_source()} inside a compiled function is not "
+            "supported yet (writes to .grad cannot be captured); compile the model and call backward() "
+            "outside it — compiled calls are differentiable")
     tensors = _as_tuple(tensors)
     grad_tensors = _as_tuple(grad_tensors) if grad_tensors is not None else (None,) * len(tensors)
     if retain_graph is None:

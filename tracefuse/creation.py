@@ -54,14 +54,14 @@ def _scalar_dtype(x):
     raise RuntimeError(f"Could not infer dtype of {type(x).__name__}")
 
 
-def _walk(data, sizes, dim, misplaced):
+def _walk(data, sizes, dim, odd):
     """Check nested data against `sizes` and return the promotion of its elements' dtypes (None when
-    empty). Sequences found where an element belongs are collected in `misplaced`."""
+    empty). `odd` collects the elements that only some target dtypes accept: sequences found where a
+    number belongs, and numpy scalars that are neither integers nor float64."""
     if dim == len(sizes):
-        if _is_sequence(data):
-            misplaced.append(type(data).__name__)
-            return None
-        return _scalar_dtype(data)
+        if _is_sequence(data) or (isinstance(data, np.generic) and not isinstance(data, (np.integer, float))):
+            odd.append(data)
+        return None if _is_sequence(data) else _scalar_dtype(data)
     if not _is_sequence(data):
         raise TypeError("not a sequence")
     if len(data) != sizes[dim]:
@@ -70,33 +70,54 @@ def _walk(data, sizes, dim, misplaced):
         return dtypes.from_numpy_dtype(data.dtype)
     found = None
     for item in data:
-        d = _walk(item, sizes, dim + 1, misplaced)
+        d = _walk(item, sizes, dim + 1, odd)
         found = d if found is None else found if d is None else dtypes.promote_types(found, d)
     return found
 
 
+def _check_odd_elements(odd, target):
+    """PyTorch reads each element as the target's Python number type: a sequence is no number, and
+    numpy floats and bools have no integer value."""
+    for x in odd:
+        if _is_sequence(x) and target.is_floating_point:
+            raise TypeError(f"must be real number, not {type(x).__name__}")
+        if not target.is_floating_point and not (isinstance(x, np.bool_) and target is dtypes.bool_):
+            name = type(x).__name__ if _is_sequence(x) else f"numpy.{type(x).__name__}"
+            raise TypeError(f"'{name}' object cannot be interpreted as an integer")
+
+
 def _infer_dtype(data, dtype):
     """tensor()'s dtype: `dtype` if given, else PyTorch's inference over the nested data."""
-    if isinstance(data, np.ndarray):
-        inferred = dtypes.from_numpy_dtype(data.dtype)
-    else:
-        misplaced = []
-        inferred = _walk(data, _leading_sizes(data), 0, misplaced)
-        target = dtypes.as_dtype(dtype) if dtype is not None else inferred
-        if misplaced:
-            if target is not None and target.is_floating_point:
-                raise TypeError(f"must be real number, not {misplaced[0]}")
-            raise TypeError(f"'{misplaced[0]}' object cannot be interpreted as an integer")
-    if dtype is not None:
-        return dtypes.as_dtype(dtype)
-    return inferred or dtypes.get_default_dtype()
+    if isinstance(data, (np.ndarray, Tensor)):
+        own = data.dtype if isinstance(data, Tensor) else dtypes.from_numpy_dtype(data.dtype)
+        return dtypes.as_dtype(dtype) if dtype is not None else own
+    odd = []
+    inferred = _walk(data, _leading_sizes(data), 0, odd)
+    target = dtypes.as_dtype(dtype) if dtype is not None else inferred or dtypes.get_default_dtype()
+    _check_odd_elements(odd, target)
+    return target
+
+
+def _check_range(values, target):
+    """Python numbers must fit an integer target (uint8 also takes negatives down to -255, which
+    wrap around), as PyTorch checks them."""
+    if target.is_floating_point or target is dtypes.bool_ or values.dtype.kind not in "iuf":
+        return
+    info = np.iinfo(target.np_type)
+    low = -info.max if info.min == 0 else info.min
+    bad = (values < low) | (values > info.max)
+    if values.dtype.kind == "f":
+        bad |= np.isnan(values)
+    if bad.any():
+        raise RuntimeError(f"value cannot be converted to type {target.name} without overflow")
 
 
 def _to_array(data):
+    """Nested data as NumPy can read it (tensors inside lists are one-element scalars)."""
     if isinstance(data, Tensor):
         return data._data
     if isinstance(data, (list, tuple)):
-        return [_to_array(x) for x in data]
+        return [x._data.reshape(()) if isinstance(x, Tensor) else _to_array(x) for x in data]
     return data
 
 
@@ -112,9 +133,11 @@ def tensor(data, dtype=None, device=None, requires_grad=False, pin_memory=False)
     if device.type != "cpu":
         from .runtime import devices
         devices.backend(device)
+    array = np.asarray(_to_array(data))
+    if not isinstance(data, (np.ndarray, Tensor)):
+        _check_range(array, target)
     with np.errstate(all="ignore"):
-        array = np.asarray(_to_array(data))
-        array = array.astype(target.np_type) if array.dtype != object else np.array(array.tolist(), dtype=target.np_type)
+        array = array.astype(target.np_type)
     return _finish(Tensor._wrap(array, target, device), requires_grad)
 
 
@@ -159,19 +182,27 @@ def full(size, fill_value, *, dtype=None, device=None, requires_grad=False):
                     shape=_shape_arg((size,)), value=fill_value)
 
 
+def _size_arg(name, size):
+    if not size:
+        raise TypeError(f'{name}() missing 1 required positional arguments: "size"')
+    return _shape_arg(size)
+
+
 def zeros(*size, dtype=None, device=None, requires_grad=False):
-    if any(n < 0 for n in _shape_arg(size)):
+    if any(n < 0 for n in _size_arg("zeros", size)):
         raise RuntimeError("zeros: Dimension size must be non-negative.")
     return full(_shape_arg(size), 0, dtype=dtype or dtypes.get_default_dtype(), device=device,
                 requires_grad=requires_grad)
 
 
 def ones(*size, dtype=None, device=None, requires_grad=False):
-    return full(_shape_arg(size), 1, dtype=dtype or dtypes.get_default_dtype(), device=device,
+    return full(_size_arg("ones", size), 1, dtype=dtype or dtypes.get_default_dtype(), device=device,
                 requires_grad=requires_grad)
 
 
-empty = zeros
+def empty(*size, dtype=None, device=None, requires_grad=False):
+    """Zero-filled (NumPy gives no cheaper deterministic memory); PyTorch leaves it uninitialised."""
+    return zeros(_size_arg("empty", size), dtype=dtype, device=device, requires_grad=requires_grad)
 
 
 def arange(start, end=None, step=1, *, dtype=None, device=None, requires_grad=False):
@@ -184,6 +215,11 @@ def arange(start, end=None, step=1, *, dtype=None, device=None, requires_grad=Fa
     if dtype is None:
         integral = all(isinstance(v, numbers.Integral) for v in (start, end, step))
         dtype = dtypes.int64 if integral else dtypes.get_default_dtype()
+    dtype = dtypes.as_dtype(dtype)
+    if not dtype.is_floating_point:  # PyTorch truncates the bounds and step to the integer type first
+        start, end, step = int(start), int(end), int(step)
+        if step == 0:
+            raise ValueError("step must be nonzero")
     return _factory("arange", dtype, device, requires_grad, start=start, end=end, step=step)
 
 
@@ -203,14 +239,16 @@ def eye(n, m=None, *, dtype=None, device=None, requires_grad=False):
 
 
 def rand(*size, dtype=None, device=None, requires_grad=False, generator=None):
-    return _factory("rand", dtype or dtypes.get_default_dtype(), device, requires_grad, shape=_shape_arg(size))
+    return _factory("rand", dtype or dtypes.get_default_dtype(), device, requires_grad, shape=_size_arg("rand", size))
 
 
 def randn(*size, dtype=None, device=None, requires_grad=False, generator=None):
-    return _factory("randn", dtype or dtypes.get_default_dtype(), device, requires_grad, shape=_shape_arg(size))
+    return _factory("randn", dtype or dtypes.get_default_dtype(), device, requires_grad, shape=_size_arg("randn", size))
 
 
 def randint(low, high=None, size=None, *, dtype=None, device=None, requires_grad=False):
+    if size is None and isinstance(high, (tuple, list)):  # randint(high, size)
+        low, high, size = 0, low, high
     if high is None:
         low, high = 0, low
     if size is None:

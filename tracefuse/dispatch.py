@@ -14,6 +14,7 @@ from .codegen import numpy as _numpy_backend  # noqa: F401  (registers the NumPy
 from .device import as_device
 from .ir import ops as _ops
 from .runtime import devices as _devices
+from .tracer import context as _trace
 
 _COMPUTE_IN_FLOAT32 = ("elementwise", "reduce", "matmul", "composite")
 _HALF = (dtypes.float16.np_type, dtypes.bfloat16.np_type)
@@ -35,6 +36,9 @@ def dispatch(name: str, *inputs, **attrs):
         _mark_views(name, inputs, attrs, outputs)
     if op.differentiable and autograd.is_grad_enabled() and any(t.requires_grad for t in tensors):
         autograd.record(op, inputs, outputs, attrs)
+    trace = _trace.current()
+    if trace is not None:
+        trace.record(op, inputs, attrs, outputs)
     return outputs[0] if op.n_outputs == 1 else outputs
 
 

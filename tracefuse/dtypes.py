@@ -15,7 +15,7 @@ class dtype:
         self.np_type = np.dtype(np_type)
         self.category = category  # 0 bool, 1 integer, 2 floating
         self.is_floating_point = category == 2
-        self.is_signed = name != "bool"
+        self.is_signed = name not in ("bool", "uint8")
         self.itemsize = self.np_type.itemsize
         self._rank = rank
 

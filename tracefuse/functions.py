@@ -9,12 +9,10 @@ from .tensor import Tensor, _named, _normalize_dim, broadcast_shapes
 def cat(tensors, dim=0):
     tensors = list(tensors)
     if not tensors:
-        raise ValueError("torch.cat(): expected a non-empty list of Tensors")
+        raise ValueError("tracefuse.cat(): expected a non-empty list of Tensors")
     for i, t in enumerate(tensors):
         if not isinstance(t, Tensor):
-            raise TypeError(
-                f"cat(): argument 'tensors' (position 1) must be tuple of Tensors, not {type(t).__name__}"
-            )
+            raise TypeError(f"expected Tensor as element {i} in argument 0, but got {type(t).__name__}")
     # PyTorch skips legacy empty 1-D tensors of shape [0].
     shaped = [(i, t) for i, t in enumerate(tensors) if not (t.ndim == 1 and t.shape[0] == 0)] or [(0, tensors[0])]
     ref = shaped[0][1]

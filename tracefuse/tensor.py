@@ -18,6 +18,7 @@ from ._tensor_str import tensor_repr
 from .device import CPU, as_device
 from .dispatch import dispatch
 from .ir.ops import TensorSlot
+from .tracer import context as _trace
 
 
 class Size(tuple):
@@ -103,7 +104,7 @@ def broadcast_shapes(*shapes):
     ndim = max((len(s) for s in shapes), default=0)
     out = [1] * ndim
     for shape in shapes:
-        for i, n in enumerate(shape, start=ndim - len(shape)):
+        for i, n in reversed(list(enumerate(shape, start=ndim - len(shape)))):  # PyTorch checks trailing dims first
             if n != 1:
                 if out[i] != 1 and out[i] != n:
                     a, b = out[i], n
@@ -278,9 +279,16 @@ class Tensor:
             if not isinstance(value, Tensor):
                 raise TypeError(f"assigned grad expected to be a Tensor or None but got grad of type {type(value).__name__}")
             if value.shape != self.shape:
-                raise RuntimeError("assigned grad has data of a different size")
+                raise RuntimeError(
+                    f"attempting to assign a gradient of size '{list(value.shape)}' to a tensor of size "
+                    f"'{list(self.shape)}'. Please ensure that the gradient and the tensor are the same size"
+                )
             if value.dtype is not self.dtype:
-                raise RuntimeError("assigned grad has data of a different type")
+                raise RuntimeError(
+                    f"attempting to assign a gradient with dtype '{_c_type(value.dtype)}' to a tensor with "
+                    f"grad_dtype '{_TYPE_NAMES[self.dtype.name]}'. The gradient must match the tensor's grad_dtype "
+                    "(defaults to the tensor's dtype)."
+                )
         self._grad = value
 
     def _accumulator(self):
@@ -320,7 +328,14 @@ class Tensor:
         in-place writes through it are not recorded on this tensor, as in PyTorch)."""
         t = Tensor._wrap(self._data, self._dtype, self._device)
         t._version = self._version
-        return t
+        return self._traced_alias(t)
+
+    def _traced_alias(self, alias):
+        """`alias` holds this tensor's value: while tracing, it is the same graph value."""
+        trace = _trace.current()
+        if trace is not None:
+            trace.alias(alias, self)
+        return alias
 
     def detach_(self):
         if self._view_fn is not None:
@@ -329,13 +344,27 @@ class Tensor:
         self._requires_grad = False
         return self
 
+    def __deepcopy__(self, memo):
+        if not self.is_leaf:
+            raise RuntimeError("Only Tensors created explicitly by the user (graph leaves) support the deepcopy "
+                               "protocol at the moment.")
+        if id(self) not in memo:
+            new = type(self)._wrap(self._data.copy(), self._dtype, self._device, self._requires_grad)
+            new._grad = None if self._grad is None else self._grad.__deepcopy__(memo)
+            memo[id(self)] = new
+        return memo[id(self)]
+
+    def __reduce_ex__(self, protocol):
+        """Pickle data, dtype and requires_grad, as PyTorch: the result is a leaf, a view its own tensor."""
+        return _rebuild, (type(self), self._data, self._dtype, self.requires_grad)
+
     def _alias(self):
         """A new tensor object on the same storage and version counter (custom Function outputs)."""
         return self.detach()
 
     @property
     def data(self):
-        return Tensor._wrap(self._data, self._dtype, self._device)
+        return self._traced_alias(Tensor._wrap(self._data, self._dtype, self._device))
 
     @data.setter
     def data(self, value):
@@ -344,7 +373,14 @@ class Tensor:
         self._data, self._dtype, self._device = value._data, value._dtype, value._device
 
     # --- conversion --------------------------------------------------------------------------
+    def _values_read(self, what):
+        """Python reads this tensor's values: while tracing, a guard or an error (tracer/context.py)."""
+        trace = _trace.current()
+        if trace is not None:
+            trace.read_values(self, what)
+
     def item(self):
+        self._values_read("item()")
         if self.numel() != 1:
             raise RuntimeError(f"a Tensor with {self.numel()} elements cannot be converted to Scalar")
         return self._data.reshape(()).astype(self._host_type()).item()
@@ -354,9 +390,11 @@ class Tensor:
         return np.float32 if self._dtype is dtypes.bfloat16 else self._data.dtype
 
     def tolist(self):
+        self._values_read("tolist()")
         return self._data.astype(self._host_type()).tolist()
 
     def numpy(self, force=False):
+        self._values_read("numpy()")
         if self.requires_grad and not force:
             raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead.")
         if self._device.type != "cpu" and not force:
@@ -367,6 +405,7 @@ class Tensor:
         return self._data
 
     def __array__(self, dtype=None, copy=None):
+        self._values_read("conversion to a NumPy array")
         return self._data if dtype is None else self._data.astype(dtype)
 
     def __bool__(self):
@@ -510,7 +549,7 @@ class Tensor:
         t._grad_fn, t._output_nr = self.grad_fn, self._output_nr
         if t._grad_fn is None and t._requires_grad:
             t._accumulator_node = self._accumulator()
-        return t
+        return self._traced_alias(t)
 
     def _snapshot(self):
         return self._history_alias(self._data.copy())
@@ -529,6 +568,9 @@ class Tensor:
                 raise RuntimeError(
                     f"output with shape {list(self.shape)} doesn't match the broadcast shape {list(broadcast)}"
                 )
+        trace = _trace.current()
+        if trace is not None:
+            trace.assigned(self, result)  # before the write: the trace may keep the old value
         np.copyto(self._data, result._data, casting="unsafe")
         self._version.bump()
         if autograd.is_grad_enabled():
@@ -835,7 +877,7 @@ class Tensor:
 
     def clamp(self, min=None, max=None):
         if min is None and max is None:
-            raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
+            raise RuntimeError("tracefuse.clamp: At least one of 'min' or 'max' must not be None")
         if isinstance(min, Tensor) or isinstance(max, Tensor):
             out = self
             if min is not None:
@@ -1264,8 +1306,8 @@ class Tensor:
         if isinstance(split_size, int):
             if split_size <= 0 and size:
                 raise RuntimeError(f"split_size can only be 0 if dimension size is 0, but got dimension size of {size}")
-            sizes = [split_size] * (size // split_size) + ([size % split_size] if size % split_size else []) \
-                if split_size else [0]
+            pieces = max(-(-size // split_size), 1) if split_size else 1
+            sizes = [split_size] * (pieces - 1) + [size - split_size * (pieces - 1)]
         else:
             sizes = list(split_size)
             if sum(sizes) != size:
@@ -1283,7 +1325,7 @@ class Tensor:
         if chunks <= 0:
             raise RuntimeError("chunk expects `chunks` to be greater than 0, got: " + str(chunks))
         size = self.shape[_normalize_dim(dim, self.ndim)]
-        return self.split(max(-(-size // chunks), 1) if size else 1, dim) if size else (self,) * 1
+        return self.split(-(-size // chunks), dim) if size else self.split([0] * chunks, dim)
 
     def unbind(self, dim=0):
         d = _normalize_dim(dim, self.ndim)
@@ -1363,6 +1405,10 @@ class Tensor:
         if as_tuple:
             return tuple(tensor(i.astype(np.int64)) for i in idx)
         return tensor(np.stack(idx, axis=1).astype(np.int64).reshape(-1, self.ndim))
+
+
+def _rebuild(cls, array, dtype, requires_grad):
+    return cls._wrap(array, dtype, requires_grad=requires_grad)
 
 
 def _qualified_name(value):
@@ -1461,11 +1507,11 @@ def _out_of_bounds(index, low, size):
     return int(bad.flat[0]) if bad.size else None
 
 
-def _check_bounds(index, size, dim, error=IndexError):
-    """Indices may count from the end (-size..size-1), as PyTorch's indexing, gather and scatter."""
+def _check_bounds(index, size, dim):
+    """Index tensors may count from the end (-size..size-1)."""
     bad = _out_of_bounds(index, -size, size)
     if bad is not None:
-        raise error(f"index {bad} is out of bounds for dimension {dim} with size {size}")
+        raise IndexError(f"index {bad} is out of bounds for dimension {dim} with size {size}")
 
 
 def _getitem_node_name(index, tensors):

@@ -1,8 +1,9 @@
 """Gradient rules of the recurrent ops.
 
 A layer's gradient is backpropagation through time, a big kernel of its own: the rule hands the
-saved inputs and the forward's workspace to the `*_layer_backward` op (not differentiable, as
-with cuDNN). A cell is one step, so its rule is written with tensor ops (recomputing the gates
+saved inputs, y (the hidden states; modifying it in place before backward is an error, as for
+any saved output) and the forward's workspace to the `*_layer_backward` op (not differentiable,
+as with cuDNN). A cell is one step, so its rule is written with tensor ops (recomputing the gates
 from the saved inputs), which makes double backward through cells work.
 """
 from __future__ import annotations

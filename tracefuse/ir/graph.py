@@ -18,6 +18,7 @@ import networkx as nx
 from . import ops as _ops
 
 PLACEHOLDER = "input"  # graph inputs: user arguments, parameters and buffers (named in attrs)
+INPUT_KINDS = ("arg", "param", "buffer", "const")  # a const carries its Tensor in meta["value"]
 
 
 @dataclass(frozen=True)
@@ -76,16 +77,22 @@ class Graph:
     # --- building ------------------------------------------------------------------------------
     def _fresh_name(self, base):
         n = self._used_names.get(base, 0) + 1
+        while f"{base}_{n}" in self.nx:  # skip names given explicitly
+            n += 1
         self._used_names[base] = n
         return f"{base}_{n}"
 
-    def add_node(self, op, inputs=(), attrs=None, meta=None, name=None) -> Node:
-        """Append a node after all existing ones; its inputs must already be in the graph."""
+    def add_node(self, op, inputs=(), attrs=None, meta=None, name=None, before=None) -> Node:
+        """Append a node after all existing ones, or insert it just before node `before` (how
+        passes put a replacement where the nodes it replaces were); its inputs must be in the graph."""
         node = Node(name or self._fresh_name(op), op, tuple(inputs), dict(attrs or {}), dict(meta or {}))
         if node.name in self.nx:
             raise ValueError(f"node name %{node.name} is already used")
         self.nx.add_node(node.name, node=node)
-        self._order.append(node.name)
+        if before is None:
+            self._order.append(node.name)
+        else:
+            self._order.insert(self._order.index(before), node.name)
         for pos, ref in enumerate(node.inputs):
             if isinstance(ref, Ref):
                 self.nx.add_edge(ref.node, node.name, key=pos, index=ref.index)
@@ -96,9 +103,37 @@ class Graph:
         self.add_node(PLACEHOLDER, (), {"kind": kind}, {"outputs": [(tuple(shape), dtype)], **meta}, name=name)
         return Ref(name)
 
+    def add_constant(self, value, name=None, before=None, **meta) -> Ref:
+        """A graph input whose value (a tracefuse Tensor) is known when compiling: lifted or folded
+        constants. It is a placeholder so that every backend reads it the same way."""
+        node = self.add_node(PLACEHOLDER, (), {"kind": "const"},
+                             {"outputs": [(tuple(value.shape), value.dtype)], "value": value, **meta},
+                             name=name or self._fresh_name("const"), before=before)
+        return Ref(node.name)
+
+    def copy(self) -> "Graph":
+        """An independent copy (nodes, inputs, attrs and meta dicts); tensors in meta are shared."""
+        g = Graph()
+        for n in self.nodes:
+            meta = {k: list(v) if isinstance(v, list) else v for k, v in n.meta.items()}
+            g.add_node(n.op, n.inputs, n.attrs, meta, name=n.name)
+        g.outputs = list(self.outputs)
+        g._used_names = dict(self._used_names)
+        return g
+
     # --- queries -------------------------------------------------------------------------------
     def node(self, name) -> Node:
         return self.nx.nodes[name]["node"]
+
+    def __contains__(self, name) -> bool:
+        return name in self.nx
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def position(self, name) -> int:
+        """The node's index in graph order (a topological order)."""
+        return self._order.index(name)
 
     @property
     def nodes(self) -> list[Node]:
@@ -160,7 +195,8 @@ class Graph:
                   "attrs": {k: encode(v) for k, v in n.attrs.items()},
                   "outputs": [{"shape": list(s), "dtype": getattr(d, "name", str(d))}
                               for s, d in n.meta.get("outputs", [])],
-                  "scope": n.meta.get("scope"), "source": n.meta.get("source")} for n in self.nodes]
+                  "scope": n.meta.get("scope"), "source": n.meta.get("source"),
+                  **({"value": _const_json(n)} if n.attrs.get("kind") == "const" else {})} for n in self.nodes]
         return json.dumps({"nodes": nodes, "outputs": encode(self.outputs)}, indent=1)
 
     def to_networkx_strings(self) -> nx.MultiDiGraph:
@@ -202,7 +238,9 @@ class Graph:
         seen = set()
         for node in self.nodes:
             where = f"%{node.name} ({node.op})"
-            if node.op != PLACEHOLDER:
+            if node.op == PLACEHOLDER:
+                _verify_placeholder(node, where)
+            else:
                 if node.op not in _ops.OPS:
                     raise ValueError(f"{where}: unknown op")
                 expected = set(_ops.OPS[node.op].attrs)
@@ -225,3 +263,24 @@ class Graph:
                 raise ValueError(f"graph output {ref} is not defined")
         if not nx.is_directed_acyclic_graph(self.nx):
             raise ValueError("graph has a cycle")
+
+
+def _verify_placeholder(node, where):
+    kind = node.attrs.get("kind")
+    if kind not in INPUT_KINDS:
+        raise ValueError(f"{where}: input kind {kind!r} is not one of {INPUT_KINDS}")
+    if kind == "const":
+        value = node.meta.get("value")
+        if value is None:
+            raise ValueError(f"{where}: const input has no meta['value']")
+        if node.meta.get("outputs") != [(tuple(value.shape), value.dtype)]:
+            raise ValueError(f"{where}: const value {_type_str(value.shape, value.dtype)} does not match its "
+                             f"output metadata")
+
+
+_JSON_CONST_LIMIT = 64  # constants up to this many elements are written out in to_json()
+
+
+def _const_json(node):
+    value = node.meta["value"]
+    return value.tolist() if value.numel() <= _JSON_CONST_LIMIT else None

@@ -39,6 +39,8 @@ class OpDef:
     keep_inputs: tuple = ()
     # Side outputs (indices, masks, saved workspaces): never differentiable, never cast.
     aux_outputs: tuple = ()
+    # Draws from the random generator: never merged by CSE nor folded into a constant.
+    random: bool = False
     impl: object = field(default=None, repr=False)
     grad: object = field(default=None, repr=False)
 
@@ -108,7 +110,8 @@ for _name, _attrs in {
     "randint": ("low", "high", "shape"),
     "randperm": ("n",),
 }.items():
-    _op(_name, "creation", "attr", _attrs + ("dtype", "device"), differentiable=False)
+    _op(_name, "creation", "attr", _attrs + ("dtype", "device"), differentiable=False,
+        random=_name.startswith("rand"))
 
 # --- elementwise ---------------------------------------------------------------------------
 for _name in ("neg", "abs", "relu"):
@@ -136,7 +139,7 @@ for _name in ("logical_and", "logical_or", "logical_xor", "logical_not", "isnan"
 _op("where", "elementwise", "promote", keep_inputs=(0,))  # where(cond, x, y): cond stays bool
 _op("clamp", "elementwise", "promote", ("min", "max"))
 _op("masked_fill", "elementwise", "same", ("value",))
-_op("dropout", "elementwise", "same", ("p",), n_outputs=2, aux_outputs=(1,))  # (out, keep-mask)
+_op("dropout", "elementwise", "same", ("p",), n_outputs=2, aux_outputs=(1,), random=True)  # (out, keep-mask)
 
 # --- reductions (dim: tuple of ints or None for all) -----------------------------------------
 _op("sum", "reduce", "sum", ("dim", "keepdim"))
@@ -201,10 +204,11 @@ _op("avg_pool_backward", "composite", "same", ("input_shape",) + _POOL_ATTRS)
 #   gru_layer (x[T,B,I], h0[B,H], w_ih[3H,I], w_hh[3H,H], b_ih[3H]?, b_hh[3H]?, lengths[B]?)
 #   rnn_layer (x[T,B,I], h0[B,H], w_ih[H,I],  w_hh[H,H],  b_ih[H]?,  b_hh[H]?,  lengths[B]?)
 # with P = proj_size if has_proj else H; b_* are None unless has_bias, w_hr unless has_proj,
-# lengths (int64) unless has_lengths. Outputs: (y[T,B,P], h_n[B,P], c_n[B,H] (lstm only), workspace)
-# where the workspace is a flat float array in the compute dtype (float32 for float16/bfloat16)
-# holding what the backward op reads besides y (gate activations and cell states per step; the
-# layout is private to the forward/backward implementation pair).
+# lengths (int64) unless has_lengths; rnn_layer's `nonlinearity` is 'tanh' or 'relu'.
+# Outputs: (y[T,B,P], h_n[B,P], c_n[B,H] (lstm only), workspace) where the workspace (an aux
+# output) is a flat float array in the compute dtype (float32 for float16/bfloat16) holding what
+# the backward op reads besides y: gate activations and cell states per step (empty for
+# rnn_layer); its layout is private to the forward/backward implementation pair.
 # `lengths` masks packed batches: step t is active for sequence b iff t < lengths[b]; inactive
 # steps leave its state unchanged and write zeros to y. reverse=True runs t = T-1 .. 0, so each
 # sequence's reverse pass starts at its own last valid step. Shapes never change step by step.
@@ -220,7 +224,8 @@ for _cell in ("lstm", "gru", "rnn"):
     #    db_ih, db_hh (if has_bias), dw_hr (if has_proj)), all in dy's dtype.
     _op(f"{_cell}_layer_backward", "composite", "same", _RNN_ATTRS + (("nonlinearity",) if _cell == "rnn" else ()),
         differentiable=False, n_outputs=-1)
-# Cells: one step, differentiable by rules written with tensor ops (double backward works).
+# Cells: one step, differentiable by rules written with tensor ops (double backward works);
+# b_ih/b_hh are None unless has_bias, rnn_cell's nonlinearity is 'tanh' or 'relu'.
 #   lstm_cell(x[B,I], h[B,H], c[B,H], w_ih[4H,I], w_hh[4H,H], b_ih?, b_hh?) -> (h', c')
 #   gru_cell(x, h, w_ih[3H,I], w_hh[3H,H], b_ih?, b_hh?) -> h';  rnn_cell(x, h, w_ih[H,I], w_hh[H,H], b_ih?, b_hh?) -> h'
 _op("lstm_cell", "composite", "same", ("has_bias",), n_outputs=2)

@@ -599,7 +599,9 @@ def _nll_terms(log_probs, target, weight, ignore_index):
     classes = log_probs.shape[class_dim]
     target = target.long()
     ignored = target == ignore_index
-    data = target.numpy()[~ignored.numpy()]
+    # A bounds check, not control flow: read the storage directly so a compiled trace does not
+    # guard on the targets' values (a compiled replay does not repeat this check).
+    data = target._data[~ignored._data]
     if data.size and (data.min() < 0 or data.max() >= classes):
         bad = data[(data < 0) | (data >= classes)][0]
         raise IndexError(f"Target {bad} is out of bounds.")

@@ -25,11 +25,13 @@ def arange(*, start, end, step, dtype, device):
 def linspace(*, start, end, steps, dtype, device):
     # PyTorch's formula, in its arithmetic (the float type itself; double for integers), so that
     # values agree to the bit: the first half counts up from start, the second half down from end.
+    if not dtype.is_floating_point:
+        start, end = int(start), int(end)  # the bounds are cast to the integer type first
     t = np.float64 if not dtype.is_floating_point or dtype.itemsize == 8 else np.float32
     idx = np.arange(steps, dtype=t)
     step = (t(end) - t(start)) / t(max(steps - 1, 1))
     values = np.where(idx < steps // 2, t(start) + step * idx, t(end) - step * (t(steps - 1) - idx))
-    return values.astype(dtype.np_type)
+    return values.astype(dtype.np_type) if steps != 1 else np.full(1, start, dtype=dtype.np_type)
 
 
 @register_impl("eye")

@@ -18,6 +18,7 @@ from ...autograd import RemovableHandle, no_grad
 from ...creation import zeros
 from ...device import as_device
 from ...tensor import Tensor
+from ...tracer import context as _trace_context
 from ..parameter import Buffer, Parameter
 
 __all__ = ["Module"]
@@ -456,6 +457,16 @@ class Module:
         return _add_hook(self._backward_hooks, hook, False)
 
     def __call__(self, *args, **kwargs):
+        trace = _trace_context.current()
+        if trace is None:
+            return self._call_impl(*args, **kwargs)
+        trace.enter_module(self)  # ops recorded inside carry this module's qualified name
+        try:
+            return self._call_impl(*args, **kwargs)
+        finally:
+            trace.exit_module()
+
+    def _call_impl(self, *args, **kwargs):
         if not (self._forward_pre_hooks or self._forward_hooks or self._backward_hooks or self._backward_pre_hooks):
             return self.forward(*args, **kwargs)
         for hook, with_kwargs in list(self._forward_pre_hooks.values()):

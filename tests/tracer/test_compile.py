@@ -1,0 +1,272 @@
+"""tracefuse.compile: compiled calls match eager ones, guards recompile exactly when they change,
+and what a graph cannot express is a clear error (or an eager run with fallback='eager')."""
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+import tracefuse
+from tracefuse import nn
+from tracefuse.nn import functional as F
+from tracefuse.tracer.api import compiled_callable
+from tracefuse.tracer.context import TracingError
+
+
+def _params(model):
+    return {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+
+
+def _grads(model):
+    return {n: p.grad.numpy().copy() for n, p in model.named_parameters()}
+
+
+class Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(6, 4)
+        self.norm = nn.LayerNorm(4)
+
+    def forward(self, x):
+        return F.relu(self.norm(self.proj(x))) * x[:, :4].sigmoid() + 1.0
+
+
+def test_compiled_module_matches_eager_and_shares_state():
+    tracefuse.manual_seed(0)
+    model = Head().double()
+    compiled = tracefuse.compile(model)
+    x = tracefuse.randn(3, 6, dtype=tracefuse.float64)
+    np.testing.assert_array_equal(compiled(x).detach().numpy(), model(x).detach().numpy())
+    assert isinstance(compiled, Head)
+    assert list(compiled.state_dict()) == list(model.state_dict())
+    assert compiled.proj.weight is model.proj.weight
+    compiled.eval()
+    assert model.training is False
+
+
+def test_cache_reuse_and_recompile_reasons():
+    model = Head().double()
+    compiled = tracefuse.compile(model)
+    compiled(tracefuse.randn(3, 6, dtype=tracefuse.float64))
+    compiled(tracefuse.randn(3, 6, dtype=tracefuse.float64))
+    cache = compiled_callable(compiled)
+    assert len(cache.entries) == 1 and cache.recompiles == []
+    compiled(tracefuse.randn(5, 6, dtype=tracefuse.float64))
+    assert len(cache.entries) == 2
+    assert str(cache.recompiles[-1]) == "guard failed: L['x'].shape: (3, 6) -> (5, 6)"
+    compiled.eval()
+    compiled(tracefuse.randn(5, 6, dtype=tracefuse.float64))
+    assert str(cache.recompiles[-1]) == "guard failed: self.training: True -> False"
+    with tracefuse.no_grad():
+        compiled(tracefuse.randn(5, 6, dtype=tracefuse.float64))
+    assert str(cache.recompiles[-1]) == "guard failed: grad_mode: True -> False"
+    assert len(cache.entries) == 4
+
+
+def test_backward_through_compiled_call_matches_eager():
+    tracefuse.manual_seed(1)
+    model = Head().double()
+    compiled = tracefuse.compile(model)
+    for _ in range(3):  # the first call traces; later calls replay on new data
+        x = tracefuse.randn(3, 6, dtype=tracefuse.float64, requires_grad=True)
+        model.zero_grad()
+        model(x).pow(2).sum().backward()
+        eager_grads, eager_x = _grads(model), x.grad.numpy().copy()
+        model.zero_grad()
+        x.grad = None
+        out = compiled(x)
+        assert out.grad_fn.name() == "CompiledFunctionBackward"
+        out.pow(2).sum().backward()
+        for name, g in _grads(model).items():
+            np.testing.assert_allclose(g, eager_grads[name], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(x.grad.numpy(), eager_x, rtol=1e-12, atol=1e-14)
+    assert len(compiled_callable(compiled).entries) == 1, compiled_callable(compiled).recompiles
+
+
+class Encoder(nn.Module):
+    def __init__(self, bidirectional=False):
+        super().__init__()
+        self.embed = nn.Embedding(11, 5)
+        self.lstm = nn.LSTM(5, 7, num_layers=2, bidirectional=bidirectional)
+        self.head = nn.Linear(7 * (2 if bidirectional else 1), 3)
+
+    def forward(self, tokens, targets):
+        out, _ = self.lstm(self.embed(tokens))
+        return F.cross_entropy(self.head(out).reshape(-1, 3), targets.reshape(-1))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_lstm_model_compiles_to_one_scan_per_layer_and_direction(bidirectional):
+    tracefuse.manual_seed(2)
+    model = Encoder(bidirectional).double()
+    tokens = tracefuse.randint(0, 11, (4, 3))
+    targets = tracefuse.randint(0, 3, (4, 3))
+    eager = model(tokens, targets)
+    eager.backward()
+    eager_grads = _grads(model)
+    model.zero_grad()
+    report = tracefuse.explain(model, tokens, targets)
+    ops = [n.op for n in report.optimized.nodes]
+    assert ops.count("lstm_layer") == 2 * (2 if bidirectional else 1)
+    assert not {"sigmoid", "tanh"} & set(ops)
+    assert "encoder" not in str(report.graph)  # scopes are module paths such as 'lstm', 'head'
+    assert re.search(r"= lstm_layer\(.*# lstm test_compile\.py:\d+", str(report.graph))
+    compiled = tracefuse.compile(model)
+    compiled(tokens, targets)  # traces on this batch; the check below replays on another
+    tokens, targets = tracefuse.randint(0, 11, (4, 3)), tracefuse.randint(0, 3, (4, 3))
+    model.zero_grad()
+    eager = model(tokens, targets)
+    eager.backward()
+    eager_grads = _grads(model)
+    model.zero_grad()
+    loss = compiled(tokens, targets)
+    np.testing.assert_allclose(loss.item(), eager.item(), rtol=1e-12)
+    loss.backward()
+    for name, g in _grads(model).items():
+        np.testing.assert_allclose(g, eager_grads[name], rtol=1e-10, atol=1e-12)
+    assert len(compiled_callable(compiled).entries) == 1, compiled_callable(compiled).recompiles
+
+
+def test_packed_sequence_lengths_become_value_guards():
+    tracefuse.manual_seed(3)
+    lstm = nn.LSTM(4, 5).double()
+
+    @tracefuse.compile
+    def run(x, lengths):
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        out, (h, c) = lstm(packed)
+        return nn.utils.rnn.pad_packed_sequence(out)[0], h
+
+    x = tracefuse.randn(6, 3, 4, dtype=tracefuse.float64)
+    for lengths in ([6, 2, 4], [6, 2, 4], [3, 5, 1]):
+        lengths = tracefuse.tensor(lengths)
+        out, h = run(x, lengths)
+        ref_out, (ref_h, _) = lstm(nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False))
+        np.testing.assert_array_equal(out.detach().numpy(),
+                                      nn.utils.rnn.pad_packed_sequence(ref_out)[0].detach().numpy())
+        np.testing.assert_array_equal(h.detach().numpy(), ref_h.detach().numpy())
+    cache = compiled_callable(run)
+    assert len(cache.entries) == 2
+    assert str(cache.recompiles[-1]).startswith("guard failed: values of lengths")
+
+
+def test_buffers_updated_in_place_are_written_back():
+    tracefuse.manual_seed(4)
+    bn = nn.BatchNorm1d(3).double()
+    twin = nn.BatchNorm1d(3).double()
+    compiled = tracefuse.compile(bn)
+    for _ in range(3):
+        x = tracefuse.randn(8, 3, dtype=tracefuse.float64)
+        np.testing.assert_allclose(compiled(x).detach().numpy(), twin(x).detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(bn.running_mean.numpy(), twin.running_mean.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(bn.running_var.numpy(), twin.running_var.numpy(), rtol=1e-12)
+    assert bn.num_batches_tracked.item() == 3
+
+
+def test_decorator_forms_and_module_class():
+    @tracefuse.compile
+    def f(x, scale=2.0):
+        return (x * scale).tanh()
+
+    @tracefuse.compile(fallback="eager")
+    def g(x):
+        return x.exp()
+
+    x = tracefuse.randn(4)
+    np.testing.assert_array_equal(f(x).numpy(), (x * 2.0).tanh().numpy())
+    f(x, scale=3.0)
+    assert str(compiled_callable(f).recompiles[-1]).startswith("guard failed: arguments")
+    np.testing.assert_array_equal(g(x).numpy(), x.exp().numpy())
+
+    CompiledHead = tracefuse.compile(Head)
+    model = CompiledHead().double()
+    y = model(tracefuse.randn(2, 6, dtype=tracefuse.float64))
+    assert y.shape == (2, 4) and compiled_callable(model) is not None
+
+
+def test_data_dependent_control_flow_is_an_error_naming_the_line():
+    def branchy(x):
+        if x.sum() > 0:  # data-dependent
+            return x * 2
+        return x
+
+    compiled = tracefuse.compile(branchy)
+    with pytest.raises(TracingError, match=r"item\(\) reads the values of a traced tensor at test_compile\.py:\d+.*"
+                                           r"tracefuse\.where"):
+        compiled(tracefuse.ones(3))
+
+
+def test_fallback_eager_warns_once_and_runs_eagerly():
+    def branchy(x):
+        return x * 2 if x.sum() > 0 else x
+
+    compiled = tracefuse.compile(branchy, fallback="eager")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert compiled(tracefuse.ones(3)).tolist() == [2.0, 2.0, 2.0]
+        assert compiled(-tracefuse.ones(3)).tolist() == [-1.0, -1.0, -1.0]
+    assert len([w for w in caught if "fallback='eager'" in str(w.message)]) == 1
+    assert compiled_callable(compiled).fallbacks
+
+
+def test_backward_inside_a_compiled_function_is_refused():
+    model = nn.Linear(3, 1)
+
+    @tracefuse.compile
+    def step(x):
+        loss = model(x).sum()
+        loss.backward()
+        return loss
+
+    with pytest.raises(TracingError, match="backward\\(\\) at test_compile.py:\\d+ inside a compiled function"):
+        step(tracefuse.randn(2, 3))
+
+
+def test_in_place_update_of_a_view_of_an_input_is_refused():
+    @tracefuse.compile
+    def poke(x):
+        x[0].add_(1)
+        return x
+
+    with pytest.raises(TracingError, match="in-place update of a view"):
+        poke(tracefuse.zeros(2, 2))
+
+
+def test_non_tensor_outputs_are_refused():
+    @tracefuse.compile
+    def weird(x):
+        return x, object()
+
+    with pytest.raises(TracingError, match="returns a Python object"):
+        weird(tracefuse.zeros(2))
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="unknown backend 'cuda-magic'"):
+        tracefuse.compile(lambda x: x, backend="cuda-magic")
+    with pytest.raises(ValueError, match="fallback must be one of"):
+        tracefuse.compile(lambda x: x, fallback="maybe")
+    with pytest.raises(TypeError, match="expects a Module, a Module class or a function"):
+        tracefuse.compile(3)
+
+
+def test_recompile_limit():
+    compiled = tracefuse.compile(lambda x: x + 1, options={"recompile_limit": 2})
+    compiled(tracefuse.zeros(1))
+    compiled(tracefuse.zeros(2))
+    with pytest.raises(TracingError, match=r"recompile limit \(2\) reached .* guard failed: L\['x'\].shape"):
+        compiled(tracefuse.zeros(3))
+
+
+def test_explain_report_and_dump(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACEFUSE_DUMP", "graph,optimized,kernels,guards")
+    monkeypatch.setenv("TRACEFUSE_DUMP_DIR", str(tmp_path))
+    model = Head().double()
+    report = tracefuse.explain(model, tracefuse.randn(3, 6, dtype=tracefuse.float64))
+    text = str(report)
+    assert "== graph (as traced) ==" in text and "== optimized ==" in text and "== guards ==" in text
+    assert report.kernels == {} and report.kernel_count >= 1
+    assert report.guards["L['x'].shape"] == (3, 6)
+    files = {p.name for p in tmp_path.rglob("*") if p.is_file()}
+    assert {"graph.txt", "graph.dot", "optimized.txt", "optimized.dot", "optimized.json", "guards.txt",
+            "kernels.txt", "passes.txt"} <= files

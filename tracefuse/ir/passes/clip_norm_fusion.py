@@ -1,0 +1,104 @@
+"""Clip-norm fusion: gradient clipping as two multi-tensor nodes, whatever the parameter count.
+
+`clip_grad_norm_` already dispatches `multi_tensor_norm(*grads)`, a few 0-dim coefficient ops
+(add 1e-6, divide into max_norm, clamp to 1) and `multi_tensor_scale(coef, *grads)`; that form
+passes through unchanged. Hand-written clipping traces as one `norm` per tensor, a stack
+(reshape to [1] + cat) and a norm of the stack, then one `mul` per tensor; two rules turn the
+norms into one `multi_tensor_norm` and the muls into one `multi_tensor_scale`. The 0-dim
+coefficient ops between them stay (elementwise fusion makes them one tiny kernel).
+"""
+from __future__ import annotations
+
+import networkx as nx
+
+from ..graph import Graph, Ref
+from ..rewrite import PassLog, Rule, apply_rules, replace_node
+
+
+def _producer(graph, x, op):
+    """The node producing `x` if it is an `op` node, else None."""
+    if isinstance(x, Ref):
+        node = graph.node(x.node)
+        if node.op == op:
+            return node
+    return None
+
+
+def _full_norm(graph, node):
+    """Is `node` a norm over all elements of its input (dim None or every dim, no keepdim)?"""
+    if node is None or node.op != "norm" or node.attrs["keepdim"] or not isinstance(node.inputs[0], Ref):
+        return False
+    dim = node.attrs["dim"]
+    ndim = len(graph.node(node.inputs[0].node).meta["outputs"][node.inputs[0].index][0])
+    return dim is None or sorted(d % ndim for d in dim) == list(range(ndim))
+
+
+def _match_stacked_norms(graph, total):
+    """total = norm(cat([reshape(norm(g_i), [1]) ...], 0)) with one p throughout -> (cat, norms)."""
+    if not _full_norm(graph, total):
+        return None
+    cat = _producer(graph, total.inputs[0], "cat")
+    if cat is None or cat.attrs["dim"] not in (0, -1):
+        return None
+    norms = []
+    for x in cat.inputs:
+        unsqueeze = _producer(graph, x, "reshape")
+        if unsqueeze is None or unsqueeze.attrs["shape"] != (1,):
+            return None
+        norm = _producer(graph, unsqueeze.inputs[0], "norm")
+        if not _full_norm(graph, norm) or norm.attrs["p"] != total.attrs["p"]:
+            return None
+        norms.append(norm)
+    return total, cat, norms
+
+
+def _fuse_norms(graph, found):
+    total, cat, norms = found
+    fused = graph.add_node("multi_tensor_norm", [n.inputs[0] for n in norms], {"p": total.attrs["p"]},
+                           {**total.meta, "outputs": list(total.meta["outputs"])}, before=total.name)
+    replace_node(graph, total.name, [Ref(fused.name)])
+    return [total.name, cat.name] + [n.name for n in norms], f"-> %{fused.name} over {len(norms)} tensors"
+
+
+def _match_scaling_muls(graph, norm):
+    """Per-tensor `mul(g_i, coef)` of the tensors `norm` reduced, by one 0-dim coef computed from
+    `norm` -> (coef, [(g_i, mul_i)]) for the first such coef."""
+    if norm.op != "multi_tensor_norm":
+        return None
+    by_coef: dict = {}
+    for g in dict.fromkeys(norm.inputs):
+        for user in graph.users(g.node):
+            if user.op != "mul" or len(user.refs) != 2 or g not in user.inputs:
+                continue
+            coef = user.inputs[1] if user.inputs[0] == g else user.inputs[0]
+            if coef == g or graph.node(coef.node).meta["outputs"][coef.index][0] != ():
+                continue
+            if user.meta["outputs"][0] != graph.node(g.node).meta["outputs"][g.index]:
+                continue  # the product changed shape or dtype: not a pure per-tensor scaling
+            by_coef.setdefault(coef, []).append((g, user))
+    for coef, pairs in by_coef.items():
+        if nx.has_path(graph.nx, norm.name, coef.node):
+            return coef, pairs
+    return None
+
+
+def _fuse_muls(graph, found):
+    coef, pairs = found
+    first = min((mul for _, mul in pairs), key=lambda m: graph.position(m.name))
+    fused = graph.add_node("multi_tensor_scale", [coef] + [g for g, _ in pairs], {},
+                           {**first.meta, "outputs": [mul.meta["outputs"][0] for _, mul in pairs]},
+                           before=first.name)
+    for i, (_, mul) in enumerate(pairs):
+        replace_node(graph, mul.name, [Ref(fused.name, i)])
+    return [mul.name for _, mul in pairs], f"-> %{fused.name} scaling {len(pairs)} tensors by {coef}"
+
+
+RULES = [
+    Rule("stacked_norms_to_multi_tensor_norm", _match_stacked_norms, _fuse_norms),
+    Rule("scaling_muls_to_multi_tensor_scale", _match_scaling_muls, _fuse_muls),
+]
+
+
+def clip_norm_fusion(graph: Graph, log: PassLog | None = None) -> Graph:
+    """Rewrite in place; returns `graph`."""
+    return apply_rules(graph, RULES, "clip_norm_fusion", log)

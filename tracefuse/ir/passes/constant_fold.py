@@ -1,0 +1,60 @@
+"""Constant folding: evaluate at compile time what depends only on constants.
+
+A node folds when it is not random and its tensor inputs are all const inputs or deterministic
+creation nodes (full, arange, linspace, eye); it is run once through the dispatcher and replaced
+by const inputs holding its results. Folding repeats down chains, since a folded node becomes a
+const for its users. Results larger than FOLD_LIMIT elements are not folded: a `zeros(T, B, H)`
+is cheaper to create at run time than to keep in the compiled graph, so such creation nodes stay
+nodes (their small derived values, such as a sum over them, still fold).
+"""
+from __future__ import annotations
+
+import math
+
+from .. import ops
+from ...device import as_device
+from ..graph import PLACEHOLDER, Graph, Ref
+from ..rewrite import PassLog, is_const, replace_node, run_op
+
+FOLD_LIMIT = 4096  # elements, over all outputs of a node
+
+
+def _is_source(graph, ref) -> bool:
+    """A value computable without any run-time input: a const or a deterministic creation node."""
+    node = graph.node(ref.node)
+    op = ops.OPS.get(node.op)
+    return is_const(graph, ref) or (op is not None and op.kind == "creation" and not op.random)
+
+
+def _foldable(graph, node) -> bool:
+    if node.op == PLACEHOLDER or ops.get(node.op).random:
+        return False
+    if not node.refs and ops.get(node.op).kind != "creation":
+        return False
+    device = node.attrs.get("device")
+    if device is not None and as_device(device).type != "cpu":
+        return False  # only the CPU can run ops at compile time
+    size = sum(math.prod(shape) for shape, _ in node.meta.get("outputs", []))
+    return size <= FOLD_LIMIT and all(_is_source(graph, r) for r in node.refs)
+
+
+def _value(graph, ref):
+    node = graph.node(ref.node)
+    if node.op == PLACEHOLDER:
+        return node.meta["value"]
+    return run_op(node.op, node.inputs, node.attrs)[ref.index]  # a large creation node: no inputs
+
+
+def constant_fold(graph: Graph, log: PassLog | None = None) -> Graph:
+    """Fold in place (one forward sweep reaches whole chains); returns `graph`."""
+    log = log if log is not None else PassLog()
+    for node in graph.nodes:
+        if not _foldable(graph, node):
+            continue
+        args = [_value(graph, x) if isinstance(x, Ref) else x for x in node.inputs]
+        results = run_op(node.op, args, node.attrs)
+        where = {k: node.meta[k] for k in ("scope", "source") if k in node.meta}
+        consts = [graph.add_constant(v, before=node.name, **where) for v in results]
+        replace_node(graph, node.name, consts)
+        log.record("constant_fold", "fold", [node.name], f"{node.op} -> " + ", ".join(str(c) for c in consts))
+    return graph

@@ -1,0 +1,134 @@
+"""Capture one call as IR: trace the forward, derive the backward, optimize both.
+
+The forward is traced by running the user's Python once on stand-ins of the call's tensors. When
+an output needs gradients, the backward graph is traced the same way by running the gradient
+rules of the op table (through the autograd engine) on the forward's recorded tensors; every
+forward value the backward reads becomes an extra forward output, the saved activations.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .. import autograd
+from ..creation import ones_like
+from ..ir import pipeline
+from ..ir.graph import Graph, Ref
+from ..tensor import Tensor
+from . import pytree
+from .context import TraceContext, TracingError
+
+
+@dataclass
+class Captured:
+    forward: Graph
+    output_spec: object
+    n_user_outputs: int
+    mutated: list  # placeholder names written back after each call, in forward-output order
+    live_inputs: dict  # placeholder name -> live tensor for params, buffers and lifted tensors
+    arg_names: list  # placeholder names of the call's tensor leaves, in flatten order
+    value_guards: dict
+    backward: Graph | None = None
+    diff_inputs: list = field(default_factory=list)  # placeholder names the backward differentiates
+    diff_outputs: list = field(default_factory=list)  # indices of user outputs that carry gradients
+    saved: list = field(default_factory=list)  # backward placeholder names fed by extra forward outputs
+    traced: Graph | None = None  # the forward as traced, before the passes
+    log: object = None
+
+
+def _stand_in(t):
+    """A leaf on the same storage: tracing must not run into the argument's earlier history."""
+    s = t.detach()
+    return s.requires_grad_(True) if t.requires_grad else s
+
+
+def capture(invoke, arguments, named_state, scopes) -> Captured:
+    """Trace `invoke(arguments)` (the call's arguments by parameter name); `named_state` are the
+    (name, tensor, kind) of module state: parameters and buffers."""
+    leaves, spec, paths = pytree.flatten(arguments)
+    stand_ins = [_stand_in(t) for t in leaves]
+    ctx = TraceContext(scopes)
+    with ctx:
+        for (name, tensor, kind) in named_state:
+            ctx.add_input(name, tensor, kind)
+        arg_names = [ctx.add_input(_placeholder_name(p), s, "arg").node for p, s in zip(paths, stand_ins)]
+        result = invoke(pytree.unflatten(spec, stand_ins))
+        out_leaves, out_spec, _ = pytree.flatten(result)
+        if _has_opaque(out_spec):
+            raise TracingError("tracefuse.compile: the function returns a Python object that is not a tensor, "
+                               "a number, a string or a tuple/list/dict of them; a graph cannot return it")
+        graph = ctx.graph
+        graph.outputs = [ctx.ref(t) for t in out_leaves]
+    ctx.restore_inputs()
+    mutated = list(ctx.mutations)
+    graph.outputs += [ctx.mutations[n] for n in mutated]
+    live = {n: t for n, t in ctx.inputs.items() if n not in arg_names}
+    captured = Captured(graph, out_spec, len(out_leaves), mutated, live, arg_names, dict(ctx.value_guards))
+    diff = [i for i, t in enumerate(out_leaves) if t.requires_grad]
+    if diff and autograd.is_grad_enabled():
+        _capture_backward(captured, ctx, out_leaves, diff)
+    captured.traced = _copy(graph)
+    captured.log = pipeline.PassLog()
+    captured.forward = pipeline.optimize(graph, log=captured.log)
+    if captured.backward is not None:
+        captured.backward = pipeline.optimize(captured.backward, log=captured.log)
+    return captured
+
+
+def _placeholder_name(path):
+    """"L['x']" -> 'x', "L['hx'][1]" -> 'hx_1': readable names for the call's tensors."""
+    return "_".join("".join(c if c.isalnum() or c == "_" else " " for c in path[1:]).split())
+
+
+def _has_opaque(spec):
+    if spec == pytree.TENSOR:
+        return False
+    kind, body = spec
+    if kind == "object":
+        return True
+    if kind == "const":
+        return False
+    items = body if kind != dict else [v for _, v in body]
+    return any(_has_opaque(s) for s in items)
+
+
+def _capture_backward(captured, fwd_ctx, out_leaves, diff):
+    """Trace the gradient rules into a backward graph (see module docstring)."""
+    diff_inputs = [name for name, t in fwd_ctx.inputs.items() if t.requires_grad]
+    inputs = [fwd_ctx.inputs[n] for n in diff_inputs]
+    bwd = TraceContext()
+    with bwd:
+        grads_in = [ones_like(out_leaves[i]) for i in diff]
+        for k, g in zip(diff, grads_in):
+            bwd.add_input(f"grad_out_{k}", g, "grad")
+        grads = autograd.grad([out_leaves[i] for i in diff], inputs, grad_outputs=grads_in,
+                              retain_graph=True, allow_unused=True)
+        graph = bwd.graph
+        graph.outputs = [bwd.ref(g) if g is not None else None for g in grads]
+    # Backward placeholders lifted from the forward: forward values (saved activations) or
+    # forward inputs (parameters, arguments) the call will provide.
+    saved = []
+    for node in graph.inputs():
+        if node.attrs["kind"] != "lifted":
+            continue
+        tensor = bwd.inputs[node.name]
+        ref = fwd_ctx._bound.get(id(tensor))
+        if ref is None or ref[1] is not tensor:
+            node.meta["value"] = tensor  # a constant of the program
+            continue
+        fwd_ref = ref[0]
+        if fwd_ref.index == 0 and fwd_ref.node in fwd_ctx.inputs:
+            node.attrs["kind"], node.meta["forward_input"] = "forward_input", fwd_ref.node
+        else:
+            node.attrs["kind"] = "saved"
+            captured.forward.outputs.append(fwd_ref)
+            saved.append(node.name)
+    captured.backward, captured.diff_inputs, captured.diff_outputs, captured.saved = graph, diff_inputs, diff, saved
+
+
+def _copy(graph):
+    """A structural copy (sharing values in meta), so the traced graph survives the passes."""
+    out = Graph()
+    for n in graph.nodes:
+        out.add_node(n.op, n.inputs, dict(n.attrs), dict(n.meta), name=n.name)
+    out.outputs = list(graph.outputs)
+    return out

@@ -1,0 +1,162 @@
+"""The trace context: while a compiled call is traced, every dispatched op is recorded as an IR node.
+
+Tracing runs the Python code once on real tensors (so shapes, dtypes and Python control flow on
+them are known) and records what the dispatcher runs. Each traced tensor is bound to the `Ref`
+of the node that produced it. Reading a traced tensor's *values* from Python (bool(), item(),
+tolist(), numpy()) would bake one call's data into the graph, so it is an error — except for
+integer tensors computed only from integer call arguments (sequence lengths, batch sizes),
+whose values become guards instead.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import numpy as np
+
+from ..ir.graph import Graph, Ref
+
+_state = threading.local()
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class TracingError(RuntimeError):
+    """The traced code did something a graph cannot express."""
+
+
+def current():
+    """The active TraceContext, or None."""
+    return getattr(_state, "trace", None)
+
+
+def user_source(skip_package=True) -> str | None:
+    """'file.py:LINE' of the innermost frame outside tracefuse (the user's line)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not (skip_package and os.path.abspath(filename).startswith(_PACKAGE_DIR)):
+            return f"{os.path.basename(filename)}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
+
+
+class TraceContext:
+    """Records dispatched ops into `graph`; entered with `with TraceContext(...):`."""
+
+    def __init__(self, scopes: dict | None = None):
+        self.graph = Graph()
+        self._bound: dict[int, tuple] = {}  # id(tensor) -> (Ref, tensor, int-arg sources or None)
+        self._scopes = scopes or {}  # id(module) -> qualified name
+        self._scope_stack: list[str] = []
+        self.inputs: dict[str, object] = {}  # placeholder name -> live tensor (args, params, buffers)
+        self._input_names: dict[int, str] = {}
+        self._originals: dict[str, object] = {}
+        self.mutations: dict[str, Ref] = {}  # placeholder name -> Ref of its value after the call
+        self.value_guards: dict[str, list] = {}  # int argument name -> its values, read while tracing
+
+    # --- entering and leaving ------------------------------------------------------------------
+    def __enter__(self):
+        if current() is not None:
+            raise TracingError("tracefuse.compile: a compiled call cannot be traced inside another trace")
+        _state.trace = self
+        return self
+
+    def __exit__(self, *exc):
+        _state.trace = None
+
+    # --- binding tensors to graph values --------------------------------------------------------
+    def add_input(self, name, tensor, kind):
+        ref = self.graph.add_input(name, tensor.shape, tensor.dtype, kind=kind, device=str(tensor.device),
+                                   scope=self.scope())
+        # Integer arguments and captured integer tensors may steer Python (lengths, indices): their
+        # values become guards. Parameters, buffers and float data may not.
+        static = kind in ("arg", "lifted") and not tensor.dtype.is_floating_point
+        sources = frozenset([name]) if static else None
+        self._bound[id(tensor)] = (ref, tensor, sources)
+        self.inputs[name] = tensor
+        self._input_names[id(tensor)] = name
+        return ref
+
+    def ref(self, tensor) -> Ref:
+        """The graph value of `tensor`; a tensor from outside the trace is lifted as a live input."""
+        bound = self._bound.get(id(tensor))
+        if bound is not None and bound[1] is tensor:
+            return bound[0]
+        name = f"lifted_{len(self.inputs)}"
+        return self.add_input(name, tensor, "lifted")
+
+    def alias(self, alias, tensor):
+        """`alias` (detach(), .data, ...) carries `tensor`'s value."""
+        bound = self._bound.get(id(tensor))
+        if bound is not None and bound[1] is tensor:
+            self._bound[id(alias)] = (bound[0], alias, bound[2])
+
+    def _sources(self, tensor):
+        bound = self._bound.get(id(tensor))
+        return bound[2] if bound is not None and bound[1] is tensor else None
+
+    # --- hooks called by dispatch and Tensor -------------------------------------------------------
+    def record(self, op, inputs, attrs, outputs):
+        from ..tensor import Tensor
+
+        args, sources = [], frozenset()
+        for x in inputs:
+            if isinstance(x, Tensor):
+                args.append(self.ref(x))
+                s = self._sources(x)
+                sources = None if s is None or sources is None else sources | s
+            else:
+                args.append(x)
+        meta = {"outputs": [(tuple(o.shape), o.dtype) for o in outputs], "device": str(outputs[0].device),
+                "scope": self.scope(), "source": user_source()}
+        node = self.graph.add_node(op.name, args, attrs, meta)
+        for j, out in enumerate(outputs):
+            static = sources if sources is not None and not out.dtype.is_floating_point else None
+            self._bound[id(out)] = (Ref(node.name, j), out, static)
+
+    def assigned(self, tensor, result):
+        """`tensor` was overwritten in place by `result` (Tensor._assign)."""
+        base = tensor._base
+        if base is not None and id(base) in self._bound:
+            raise TracingError(
+                f"tracefuse.compile: in-place update of a view (at {user_source()}) cannot be expressed in a "
+                "graph; write `x = x.clone()` first or update the whole tensor"
+            )
+        ref = self.ref(result)
+        self._bound[id(tensor)] = (ref, tensor, self._sources(result))
+        name = self._input_names.get(id(tensor))
+        if name is not None:
+            self.mutations[name] = ref
+            # Tracing runs the code for real; the state it updates is put back afterwards so the
+            # compiled graph's own run makes the call's one update.
+            self._originals.setdefault(name, tensor._data.copy())
+
+    def restore_inputs(self):
+        """Undo the trace run's in-place updates of parameters, buffers and captured tensors."""
+        for name, data in self._originals.items():
+            np.copyto(self.inputs[name]._data, data)
+
+    def read_values(self, tensor, what):
+        """Python is about to read `tensor`'s values (bool(), item(), tolist(), numpy())."""
+        self.ref(tensor)  # a tensor from outside the trace is lifted (and guarded if integer)
+        sources = self._sources(tensor)
+        if sources is None:
+            raise TracingError(
+                f"tracefuse.compile: {what} reads the values of a traced tensor at {user_source()}: data-dependent "
+                "Python control flow cannot be captured in a graph. Use tensor ops instead (e.g. "
+                "tracefuse.where(cond, a, b) for an if/else), or compile with fallback='eager'."
+            )
+        for name in sources:
+            self.value_guards[name] = self.inputs[name]._data.tolist()
+
+    # --- module scopes -----------------------------------------------------------------------------
+    def scope(self) -> str | None:
+        return self._scope_stack[-1] if self._scope_stack else None
+
+    def enter_module(self, module):
+        name = self._scopes.get(id(module))
+        self._scope_stack.append(name if name is not None else (self.scope() or type(module).__name__))
+
+    def exit_module(self):
+        self._scope_stack.pop()

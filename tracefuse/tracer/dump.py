@@ -1,0 +1,95 @@
+"""`tracefuse.explain` and the TRACEFUSE_DUMP debug dump: what a compiled call became."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DUMP_KINDS = ("graph", "optimized", "kernels", "guards")
+
+
+@dataclass
+class ExplainReport:
+    graph: object  # the forward graph as traced
+    optimized: object  # after the pass pipeline
+    backward: object | None
+    kernels: dict = field(default_factory=dict)  # kernel name -> generated source (none for NumPy)
+    guards: dict = field(default_factory=dict)
+    fallbacks: list = field(default_factory=list)
+    recompiles: list = field(default_factory=list)
+    passes: object = None  # the PassLog: which rewrite rule fired on which nodes
+    kernel_count: int = 0  # launches per call of the forward
+
+    def __str__(self):
+        parts = [f"tracefuse.explain: {len(self.optimized.nodes)} nodes after passes, "
+                 f"{self.kernel_count} kernel launches per call (NumPy backend: no generated kernels)",
+                 "", "== graph (as traced) ==", str(self.graph),
+                 "", "== optimized ==", str(self.optimized)]
+        if self.backward is not None:
+            parts += ["", "== backward ==", str(self.backward)]
+        parts += ["", "== passes ==", str(self.passes) or "(no rewrite fired)",
+                  "", "== guards ==", *(f"{k} == {v!r}" for k, v in self.guards.items())]
+        if self.recompiles:
+            parts += ["", "== recompiles ==", *map(str, self.recompiles)]
+        if self.fallbacks:
+            parts += ["", "== fallbacks ==", *self.fallbacks]
+        return "\n".join(parts)
+
+
+def report(compiled, entry) -> ExplainReport:
+    from ..ir.passes.elementwise_fusion import kernel_count
+
+    c = entry.captured
+    return ExplainReport(c.traced, c.forward, c.backward, {}, dict(entry.guards), list(compiled.fallbacks),
+                         list(compiled.recompiles), c.log, kernel_count(c.forward))
+
+
+def explain(obj, *args, **kwargs) -> ExplainReport:
+    """Compile `obj` if needed, call it on the arguments and report the graph that call used."""
+    from .api import compile, compiled_callable
+
+    target = obj if compiled_callable(obj) is not None or getattr(obj, "_tracefuse_options", None) else compile(obj)
+    target(*args, **kwargs)
+    compiled = compiled_callable(target)
+    arguments = dict(compiled.signature.bind(*args, **kwargs).arguments)
+    guards = compiled.guards_for(arguments)
+    for entry in compiled.entries:
+        if compiled._failed_guard(entry, guards, arguments) is None:
+            if entry.captured is None:
+                raise RuntimeError(f"tracefuse.explain: this call ran eagerly: {entry.reason}")
+            return report(compiled, entry)
+    raise RuntimeError("tracefuse.explain: no compiled graph matches this call")
+
+
+def maybe_dump(compiled, entry) -> None:
+    """Write the dump TRACEFUSE_DUMP asks for (e.g. 'graph,optimized,guards') into TRACEFUSE_DUMP_DIR."""
+    wanted = [k.strip() for k in os.environ.get("TRACEFUSE_DUMP", "").split(",") if k.strip()]
+    if not wanted:
+        return
+    unknown = set(wanted) - set(DUMP_KINDS) - {"all"}
+    if unknown:
+        raise ValueError(f"TRACEFUSE_DUMP: unknown kind(s) {sorted(unknown)}; choose from {', '.join(DUMP_KINDS)}")
+    if "all" in wanted:
+        wanted = list(DUMP_KINDS)
+    from ..ir.passes.elementwise_fusion import groups
+
+    rep = report(compiled, entry)
+    name = getattr(compiled.fn, "__qualname__", None) or type(compiled.module).__name__
+    folder = Path(os.environ.get("TRACEFUSE_DUMP_DIR", "tracefuse_dump")) / f"{name}_{len(compiled.entries)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    if "graph" in wanted:
+        (folder / "graph.txt").write_text(str(rep.graph) + "\n")
+        (folder / "graph.dot").write_text(rep.graph.to_dot() + "\n")
+    if "optimized" in wanted:
+        (folder / "optimized.txt").write_text(str(rep.optimized) + "\n")
+        (folder / "optimized.dot").write_text(rep.optimized.to_dot(groups=groups(rep.optimized)) + "\n")
+        (folder / "optimized.json").write_text(rep.optimized.to_json() + "\n")
+        (folder / "passes.txt").write_text(str(rep.passes) + "\n")
+        if rep.backward is not None:
+            (folder / "backward.txt").write_text(str(rep.backward) + "\n")
+    if "kernels" in wanted:
+        (folder / "kernels.txt").write_text("# NumPy backend: no generated kernels\n" + "".join(
+            f"# --- {k}\n{src}\n" for k, src in rep.kernels.items()))
+    if "guards" in wanted:
+        (folder / "guards.txt").write_text("".join(f"{k} == {v!r}\n" for k, v in rep.guards.items()) +
+                                           "".join(f"recompiled: {r}\n" for r in rep.recompiles))

@@ -1,0 +1,63 @@
+"""Run a captured call: the forward graph on the call's tensors and the module's live state,
+write back in-place updates, and hook the backward graph into autograd."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import autograd
+from ..codegen.numpy import interpreter
+from ..creation import zeros
+from . import pytree
+
+
+class CompiledBackward(autograd.Node):
+    """The autograd node of one compiled call: its apply runs the captured backward graph."""
+
+    def __init__(self, captured, live, saved_values, outputs):
+        inputs = [live[name] for name in captured.diff_inputs]
+        super().__init__([autograd.gradient_edge(t) for t in inputs], n_outputs=len(outputs))
+        self.captured, self.saved_values, self.live = captured, saved_values, live
+        self.input_meta = [(t.shape, t.dtype) for t in inputs]
+        self.needs_input_grad = (True,) * len(inputs)
+        self.output_meta = [(o.shape, o.dtype) for o in outputs]
+
+    def name(self):
+        return "CompiledFunctionBackward"
+
+    def release(self):
+        self.saved_values = None
+
+    def apply(self, grads):
+        if self.saved_values is None:
+            raise RuntimeError(autograd._FREED)
+        c = self.captured
+        inputs = dict(zip(c.saved, self.saved_values))
+        for k, g, (shape, dtype) in zip(c.diff_outputs, grads, self.output_meta):
+            inputs[f"grad_out_{k}"] = g if g is not None else zeros(shape, dtype=dtype)
+        for node in c.backward.inputs():
+            source = node.meta.get("forward_input")
+            if source is not None:
+                inputs[node.name] = self.live[source]
+        grads = interpreter.run(c.backward, inputs)
+        return [autograd._validated(self, i, g) for i, g in enumerate(grads)]
+
+
+def run(captured, arg_leaves):
+    """Execute `captured` for a call whose tensor leaves are `arg_leaves`; returns its result."""
+    live = dict(captured.live_inputs)
+    live.update(zip(captured.arg_names, arg_leaves))
+    outputs = interpreter.run(captured.forward, live)
+    n = captured.n_user_outputs
+    user, written = outputs[:n], outputs[n:n + len(captured.mutated)]
+    for name, value in zip(captured.mutated, written):
+        target = live[name]
+        np.copyto(target._data, value._data, casting="unsafe")
+        target._version.bump()
+    if captured.backward is not None and autograd.is_grad_enabled():
+        saved = outputs[n + len(captured.mutated):]
+        differentiable = [user[i] for i in captured.diff_outputs]
+        node = CompiledBackward(captured, live, saved, differentiable)
+        for j, out in enumerate(differentiable):
+            out.requires_grad = True
+            out.grad_fn, out._output_nr = node, j
+    return pytree.unflatten(captured.output_spec, user)
