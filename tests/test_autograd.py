@@ -605,7 +605,7 @@ def test_requires_grad_flags():
         assert z.is_leaf and z.requires_grad
         assert (x > 0).requires_grad is False and x.argmax().requires_grad is False
         assert x.max(0).indices.requires_grad is False
-        assert x.detach().is_leaf and x.detach()._version is not None
+        assert x.detach().is_leaf and not x.detach().requires_grad and x.requires_grad
 
 
 def test_grad_runs_only_the_part_of_the_graph_it_needs():
@@ -620,3 +620,32 @@ def test_grad_runs_only_the_part_of_the_graph_it_needs():
         y = h * w
         (gy,) = m.autograd.grad((y * y).sum(), y)
         assert gy.tolist() == pytest.approx((2 * y).tolist())
+
+
+def _function_with_backward(m, backward, n_inputs=1):
+    class F(m.autograd.Function):
+        @staticmethod
+        def forward(ctx, *xs):
+            return xs[0] * 2
+
+    F.backward = staticmethod(backward)
+    x = m.ones(2, requires_grad=True)
+    F.apply(*([x] * n_inputs)).sum().backward()
+    return x.grad.tolist()
+
+
+@pytest.mark.parametrize("backward,n_inputs,error", [
+    (lambda ctx, g: (g, None), 1, None),
+    (lambda ctx, g: (g, g), 1, "function FBackward returned an incorrect number of gradients (expected 1, got 2)"),
+    (lambda ctx, g: g, 2, "function FBackward returned an incorrect number of gradients (expected 2, got 1)"),
+    (lambda ctx, g: g.sum(), 1,
+     "Function FBackward returned an invalid gradient at index 0 - got [] but expected shape compatible with [2]"),
+    (lambda ctx, g: g.double(), 1, None),  # cast back to the input's dtype
+])
+def test_custom_function_backward_results(backward, n_inputs, error):
+    for m in (tracefuse, torch):
+        if error is None:
+            assert _function_with_backward(m, backward, n_inputs) == [1.0, 1.0]
+        else:
+            with pytest.raises(RuntimeError, match=re.escape(error)):
+                _function_with_backward(m, backward, n_inputs)

@@ -427,6 +427,9 @@ MOVEMENT = {
     "tril": ((3, 4), lambda m, x: x.tril()),
     "triu": ((3, 4), lambda m, x: x.triu(1)),
     "contiguous": ((2, 3), lambda m, x: x.t().contiguous()),
+    "ravel": ((2, 3), lambda m, x: m.ravel(x.t())),
+    "movedim": ((2, 3, 4), lambda m, x: x.movedim(0, -1)),
+    "movedim_many": ((2, 3, 4, 5), lambda m, x: m.moveaxis(x, (3, 0), (1, 2))),
     "clone": ((2, 3), lambda m, x: x.clone()),
     "chain": ((2, 3, 4), lambda m, x: x.permute(1, 0, 2)[:, 1:].reshape(3, -1).unsqueeze(0).expand(2, 3, 4)),
 }
@@ -795,3 +798,25 @@ def test_copy_deepcopy_pickle():
         with pytest.raises(RuntimeError, match=re.escape(
                 "Only Tensors created explicitly by the user (graph leaves) support the deepcopy protocol")):
             copy.deepcopy(x * 2)
+
+
+def test_more_methods():
+    check(lambda m, x: (x.softmax(-1), m.log_softmax(x, 0)), (3, 4))
+    check(lambda m, x: (x.byte(), x.char(), x.short()), (2, 3), low=0, high=100, grad=False)
+
+    def inplace(m, x, a, b):
+        y = x * 1
+        y.addcmul_(a, b, value=0.5).addcdiv_(a, b.abs() + 1, value=-2).lerp_(a, 0.25)
+        y.clamp_min_(-1.0).clamp_max_(1.5)
+        y.scatter_add_(1, m.tensor([[0, 1, 1]]), a[:1])
+        return y
+
+    check(inplace, (2, 3), (2, 3), (2, 3))
+    for m in (tracefuse, torch):
+        x = m.zeros(2, 3, dtype=m.float64)
+        facts = (x.ndimension(), x.nbytes, x.itemsize, x.get_device(), x[1].data_ptr() - x.data_ptr(),
+                 x.t().data_ptr() == x.data_ptr(), x.clone().data_ptr() == x.data_ptr())
+        if m is torch:
+            assert facts == ours
+        else:
+            ours = facts

@@ -277,21 +277,19 @@ class AccumulateGrad(Node):
 
     def apply(self, grads):
         # Hooks of a leaf run as pre-hooks of this node (in the engine); here we only accumulate.
-        from .tensor import Tensor
-
         g = grads[0]
         var = self.variable
         if g is None:
             return []
         if not is_grad_enabled():
             g = g.detach()
+        # Through tensor ops (not raw storage writes), so a compiled training step captures them.
         if var.grad is None:
-            var.grad = g if is_grad_enabled() else Tensor._wrap(g._data.copy(), g.dtype, g.device)
+            var.grad = g if is_grad_enabled() else g.clone()
         elif is_grad_enabled():
             var.grad = var.grad + g
         else:
-            var.grad._data += g._data
-            var.grad._version.bump()
+            var.grad.add_(g)
         return []
 
 
@@ -451,11 +449,9 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False):
     """Accumulate into the leaves' `.grad` the gradients of `tensors` (PyTorch's autograd.backward)."""
     from .tracer import context
 
-    if context.current() is not None:
-        raise context.TracingError(
-            f"tracefuse.compile: backward() at {context.user_source()} inside a compiled function is not "
-            "supported yet (writes to .grad cannot be captured); compile the model and call backward() "
-            "outside it — compiled calls are differentiable")
+    trace = context.current()
+    if trace is not None:
+        trace.ran_backward = True
     tensors = _as_tuple(tensors)
     grad_tensors = _as_tuple(grad_tensors) if grad_tensors is not None else (None,) * len(tensors)
     if retain_graph is None:
@@ -550,7 +546,7 @@ class BackwardFunction(Node):
         if not isinstance(result, tuple):
             result = (result,)
         n_in = len(self.next_functions)
-        if len(result) < n_in:
+        if len(result) < n_in or any(g is not None for g in result[n_in:]):  # extra Nones are allowed
             raise RuntimeError(
                 f"function {self.name()} returned an incorrect number of gradients (expected {n_in}, got {len(result)})"
             )

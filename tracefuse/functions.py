@@ -88,5 +88,5 @@ METHOD_ALIASES = (
     "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "permute", "transpose", "swapaxes", "t",
     "flip", "narrow", "select", "split", "chunk", "unbind", "tril", "triu", "broadcast_to",
     "gather", "scatter", "scatter_add", "index_select", "masked_select", "nonzero", "clone", "numel",
-    "detach", "is_floating_point",
+    "detach", "is_floating_point", "softmax", "log_softmax", "ravel", "movedim", "moveaxis",
 )

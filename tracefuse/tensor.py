@@ -183,6 +183,24 @@ class Tensor:
     def element_size(self):
         return self._dtype.itemsize
 
+    @property
+    def itemsize(self):
+        return self._dtype.itemsize
+
+    @property
+    def nbytes(self):
+        return self.numel() * self._dtype.itemsize
+
+    def ndimension(self):
+        return self.ndim
+
+    def data_ptr(self):
+        """The address of the first element (tensors viewing one storage differ by their offsets)."""
+        return self._data.__array_interface__["data"][0]
+
+    def get_device(self):
+        return -1 if self._device.type == "cpu" else self._device.index
+
     def stride(self, dim=None):
         strides = tuple(s // self._dtype.itemsize for s in self._data.strides)
         return strides if dim is None else strides[_normalize_dim(dim, self.ndim)]
@@ -471,6 +489,15 @@ class Tensor:
     def bfloat16(self):
         return self.to(dtypes.bfloat16)
 
+    def byte(self):
+        return self.to(dtypes.uint8)
+
+    def char(self):
+        return self.to(dtypes.int8)
+
+    def short(self):
+        return self.to(dtypes.int16)
+
     def long(self):
         return self.to(dtypes.int64)
 
@@ -658,6 +685,21 @@ class Tensor:
         return self._inplace("clamp", min=min, max=max)
 
     clip_ = clamp_
+
+    def clamp_min_(self, min):
+        return self.clamp_(min=min)
+
+    def clamp_max_(self, max):
+        return self.clamp_(max=max)
+
+    def addcmul_(self, tensor1, tensor2, *, value=1):
+        return self.add_(tensor1 * tensor2, alpha=value)
+
+    def addcdiv_(self, tensor1, tensor2, *, value=1):
+        return self.add_(tensor1 / tensor2, alpha=value)
+
+    def lerp_(self, end, weight):
+        return self.add_((end - self) * weight)
 
     def masked_fill_(self, mask, value):
         self._check_inplace()
@@ -923,6 +965,14 @@ class Tensor:
     def lerp(self, end, weight):
         return self + (end - self) * weight
 
+    def softmax(self, dim, dtype=None):
+        from .nn import functional
+        return functional.softmax(self, dim, dtype=dtype)
+
+    def log_softmax(self, dim, dtype=None):
+        from .nn import functional
+        return functional.log_softmax(self, dim, dtype=dtype)
+
     # --- unary math --------------------------------------------------------------------------
     def _unary(self, op, **attrs):
         return dispatch(op, self, **attrs)
@@ -1168,6 +1218,19 @@ class Tensor:
             ) from None
         return dispatch("reshape", self, shape=target)
 
+    def ravel(self):
+        return self.reshape(-1)
+
+    def movedim(self, source, destination):
+        src = [_normalize_dim(d, self.ndim) for d in ((source,) if isinstance(source, int) else source)]
+        dst = [_normalize_dim(d, self.ndim) for d in ((destination,) if isinstance(destination, int) else destination)]
+        order = [d for d in range(self.ndim) if d not in src]
+        for d, s in sorted(zip(dst, src)):
+            order.insert(d, s)
+        return self.permute(order)
+
+    moveaxis = movedim
+
     def view_as(self, other):
         return self.view(other.shape)
 
@@ -1382,6 +1445,9 @@ class Tensor:
 
     def scatter_add(self, dim, index, src):
         return self.scatter(dim, index, src, reduce="add")
+
+    def scatter_add_(self, dim, index, src):
+        return self.scatter_(dim, index, src, reduce="add")
 
     def index_select(self, dim, index):
         d = _normalize_dim(dim, self.ndim)

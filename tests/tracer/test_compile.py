@@ -209,17 +209,55 @@ def test_fallback_eager_warns_once_and_runs_eagerly():
     assert compiled_callable(compiled).fallbacks
 
 
-def test_backward_inside_a_compiled_function_is_refused():
-    model = nn.Linear(3, 1)
+class Tagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(4, 6, num_layers=2, bidirectional=True)
+        self.head = nn.Linear(12, 3)
 
-    @tracefuse.compile
-    def step(x):
-        loss = model(x).sum()
+    def forward(self, x):
+        return self.head(self.lstm(x)[0])
+
+
+def _train_step(model, optimizer):
+    def step(x, y):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x).reshape(-1, 3), y.reshape(-1))
         loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.5)
+        optimizer.step()
         return loss
+    return step
 
-    with pytest.raises(TracingError, match="backward\\(\\) at test_compile.py:\\d+ inside a compiled function"):
-        step(tracefuse.randn(2, 3))
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda ps: tracefuse.optim.Adam(ps, lr=0.01),
+    lambda ps: tracefuse.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+])
+def test_whole_training_step_compiles_and_matches_eager(make_optimizer):
+    tracefuse.manual_seed(5)
+    model, twin = Tagger().double(), Tagger().double()
+    twin.load_state_dict(model.state_dict())
+    opt, twin_opt = make_optimizer(model.parameters()), make_optimizer(twin.parameters())
+    compiled = tracefuse.compile(_train_step(model, opt))
+    eager = _train_step(twin, twin_opt)
+    for _ in range(4):  # warm-up (eager, creates optimizer state), trace, replay, replay
+        x = tracefuse.randn(5, 2, 4, dtype=tracefuse.float64)
+        y = tracefuse.randint(0, 3, (5, 2))
+        loss, twin_loss = compiled(x, y), eager(x, y)
+        np.testing.assert_allclose(loss.item(), twin_loss.item(), rtol=1e-12)
+        for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+            np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+            np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+    cache = compiled_callable(compiled)
+    assert cache.warmups == 1 and len(cache.entries) == 1
+    ops = [n.op for n in cache.entries[0].captured.forward.nodes]
+    assert ops.count("multi_tensor_norm") == 1 and ops.count("multi_tensor_scale") == 1
+    assert ops.count("lstm_layer") == 4 and ops.count("lstm_layer_backward") == 4
+    for group in opt.param_groups:
+        group["lr"] = 0.001
+    compiled(x, y)
+    assert "param_groups" in str(cache.recompiles[-1])
 
 
 def test_in_place_update_of_a_view_of_an_input_is_refused():

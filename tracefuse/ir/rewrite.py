@@ -112,6 +112,11 @@ def replace_node(graph: Graph, old: str, new_refs) -> None:
     graph.remove_node(old)
 
 
+def inherited_meta(node) -> dict:
+    """The device, module scope and source line of `node`, for the nodes that replace it."""
+    return {k: node.meta[k] for k in ("device", "scope", "source") if k in node.meta}
+
+
 def is_const(graph: Graph, x) -> bool:
     """Is `x` a reference to a const input (a value known when compiling)?"""
     if not isinstance(x, Ref):

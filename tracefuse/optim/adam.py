@@ -27,8 +27,13 @@ class Adam(Optimizer):
                         maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults)
 
+    def _creates_state(self, group):
+        return True
+
     def _update_group(self, group):
-        """The same operations, in the same order, as torch.optim's single-tensor Adam."""
+        """The same operations, in the same order, as torch.optim's single-tensor Adam. The bias
+        corrections are float64 tensor ops on the step counter (torch computes the same in Python
+        floats), so that a compiled training step reads no Python value from a tensor."""
         lr, eps, weight_decay, amsgrad = group["lr"], group["eps"], group["weight_decay"], group["amsgrad"]
         beta1, beta2 = group["betas"]
         for p in group["params"]:
@@ -43,7 +48,7 @@ class Adam(Optimizer):
                 if amsgrad:
                     state["max_exp_avg_sq"] = zeros_like(p)
             exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-            step = state["step"].add_(1).item()
+            step = state["step"].add_(1).double()
 
             if weight_decay != 0:
                 if group["decoupled_weight_decay"]:

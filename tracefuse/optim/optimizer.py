@@ -13,6 +13,7 @@ from itertools import chain
 
 from .. import autograd, dtypes
 from ..tensor import Tensor
+from ..tracer import context as _trace_context
 
 __all__ = ["Optimizer", "required"]
 
@@ -75,10 +76,27 @@ class Optimizer:
         if closure is not None:
             with autograd.enable_grad():
                 loss = closure()
+        self._check_trace()
         with autograd.no_grad():
             for group in self.param_groups:
                 self._update_group(group)
         return loss
+
+    def _check_trace(self):
+        """Inside a compiled training step: the hyperparameters become guards (a changed learning
+        rate retraces), and a first step, which creates the state, runs eagerly (WarmupRequired)."""
+        trace = _trace_context.current()
+        if trace is None:
+            return
+        trace.guard(f"{type(self).__name__}.param_groups", lambda: [
+            {k: (v if k != "params" else [id(p) for p in v]) for k, v in g.items()} for g in self.param_groups])
+        for group in self.param_groups:
+            if self._creates_state(group) and any(p.grad is not None and not self.state[p] for p in group["params"]):
+                raise _trace_context.WarmupRequired(f"{type(self).__name__}: first step creates optimizer state")
+
+    def _creates_state(self, group) -> bool:
+        """Whether a parameter's first update creates per-parameter state (momentum, moments)."""
+        return False
 
     def _update_group(self, group):
         raise NotImplementedError

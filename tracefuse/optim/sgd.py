@@ -21,6 +21,9 @@ class SGD(Optimizer):
                         nesterov=nesterov, maximize=maximize)
         super().__init__(params, defaults)
 
+    def _creates_state(self, group):
+        return group["momentum"] != 0
+
     def _update_group(self, group):
         """The same operations, in the same order, as torch.optim's single-tensor SGD."""
         lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]

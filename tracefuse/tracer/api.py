@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from .. import autograd
 from . import dump, pytree, runner
 from .capture import capture
-from .context import TracingError
+from .context import TracingError, WarmupRequired
 
 BACKENDS = ("auto", "numpy")
 FALLBACKS = ("error", "eager")
@@ -62,6 +62,7 @@ class CompiledCallable:
         self.entries: list[Entry] = []
         self.recompiles: list[Recompile] = []
         self.fallbacks: list[str] = []
+        self.warmups = 0  # calls run eagerly to create state (an optimizer's first step)
         self._warned = False
 
     # --- guards --------------------------------------------------------------------------------
@@ -98,6 +99,10 @@ class CompiledCallable:
                 now = live[name]._data.tolist()
                 if now != values:
                     return Recompile(f"values of {name}", values, now)
+        for label, read, value in entry.captured.guards if entry.captured else ():
+            now = read()
+            if now != value:
+                return Recompile(label, value, now)
         return None
 
     # --- calling -------------------------------------------------------------------------------
@@ -121,6 +126,9 @@ class CompiledCallable:
             return self._fall_back(message, arguments, guards)
         try:
             captured = capture(self.invoke, arguments, self._state(), self._scopes())
+        except WarmupRequired:
+            self.warmups += 1
+            return self.invoke(arguments)  # creates the state; the next call is traced
         except TracingError as exc:
             return self._fall_back(str(exc), arguments, guards)
         entry = Entry(guards, captured.value_guards, captured)

@@ -27,6 +27,8 @@ class Captured:
     live_inputs: dict  # placeholder name -> live tensor for params, buffers and lifted tensors
     arg_names: list  # placeholder names of the call's tensor leaves, in flatten order
     value_guards: dict
+    grad_assignments: list = field(default_factory=list)  # (input name, set to a value? else None)
+    guards: list = field(default_factory=list)  # (label, read, value) on Python state the trace read
     backward: Graph | None = None
     diff_inputs: list = field(default_factory=list)  # placeholder names the backward differentiates
     diff_outputs: list = field(default_factory=list)  # indices of user outputs that carry gradients
@@ -47,24 +49,29 @@ def capture(invoke, arguments, named_state, scopes) -> Captured:
     leaves, spec, paths = pytree.flatten(arguments)
     stand_ins = [_stand_in(t) for t in leaves]
     ctx = TraceContext(scopes)
-    with ctx:
-        for (name, tensor, kind) in named_state:
-            ctx.add_input(name, tensor, kind)
-        arg_names = [ctx.add_input(_placeholder_name(p), s, "arg").node for p, s in zip(paths, stand_ins)]
-        result = invoke(pytree.unflatten(spec, stand_ins))
-        out_leaves, out_spec, _ = pytree.flatten(result)
-        if _has_opaque(out_spec):
-            raise TracingError("tracefuse.compile: the function returns a Python object that is not a tensor, "
-                               "a number, a string or a tuple/list/dict of them; a graph cannot return it")
-        graph = ctx.graph
-        graph.outputs = [ctx.ref(t) for t in out_leaves]
-    ctx.restore_inputs()
-    mutated = list(ctx.mutations)
-    graph.outputs += [ctx.mutations[n] for n in mutated]
+    try:
+        with ctx:
+            for (name, tensor, kind) in named_state:
+                ctx.add_input(name, tensor, kind)
+            arg_names = [ctx.add_input(_placeholder_name(p), s, "arg").node for p, s in zip(paths, stand_ins)]
+            result = invoke(pytree.unflatten(spec, stand_ins))
+            out_leaves, out_spec, _ = pytree.flatten(result)
+            if _has_opaque(out_spec):
+                raise TracingError("tracefuse.compile: the function returns a Python object that is not a tensor, "
+                                   "a number, a string or a tuple/list/dict of them; a graph cannot return it")
+            graph = ctx.graph
+            mutated = list(ctx.mutations)
+            grads = ctx.grad_assignments()
+            graph.outputs = [ctx.ref(t) for t in out_leaves] + [ctx.mutations[n] for n in mutated] + \
+                [ctx.ref(g) for g in grads.values() if g is not None]
+    finally:
+        ctx.restore_inputs()
     live = {n: t for n, t in ctx.inputs.items() if n not in arg_names}
-    captured = Captured(graph, out_spec, len(out_leaves), mutated, live, arg_names, dict(ctx.value_guards))
+    captured = Captured(graph, out_spec, len(out_leaves), mutated, live, arg_names, dict(ctx.value_guards),
+                        grad_assignments=[(n, g is not None) for n, g in grads.items()], guards=ctx.guards)
     diff = [i for i, t in enumerate(out_leaves) if t.requires_grad]
-    if diff and autograd.is_grad_enabled():
+    # A function that ran backward() itself (a training step) returns plain values.
+    if diff and autograd.is_grad_enabled() and not ctx.ran_backward:
         _capture_backward(captured, ctx, out_leaves, diff)
     captured.traced = _copy(graph)
     captured.log = pipeline.PassLog()

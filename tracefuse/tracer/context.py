@@ -25,6 +25,11 @@ class TracingError(RuntimeError):
     """The traced code did something a graph cannot express."""
 
 
+class WarmupRequired(TracingError):
+    """The traced code would create state that outlives the call (an optimizer's first step):
+    this call runs eagerly and the next one is traced, with that state as graph inputs."""
+
+
 def current():
     """The active TraceContext, or None."""
     return getattr(_state, "trace", None)
@@ -52,6 +57,9 @@ class TraceContext:
         self.inputs: dict[str, object] = {}  # placeholder name -> live tensor (args, params, buffers)
         self._input_names: dict[int, str] = {}
         self._originals: dict[str, object] = {}
+        self._grads_before: dict[str, object] = {}  # input name -> its .grad when the trace met it
+        self.guards: list = []  # (label, read current value, value while tracing)
+        self.ran_backward = False
         self.mutations: dict[str, Ref] = {}  # placeholder name -> Ref of its value after the call
         self.value_guards: dict[str, list] = {}  # int argument name -> its values, read while tracing
 
@@ -76,6 +84,8 @@ class TraceContext:
         self._bound[id(tensor)] = (ref, tensor, sources)
         self.inputs[name] = tensor
         self._input_names[id(tensor)] = name
+        if tensor.requires_grad:
+            self._grads_before[name] = tensor._grad
         return ref
 
     def ref(self, tensor) -> Ref:
@@ -128,14 +138,24 @@ class TraceContext:
         name = self._input_names.get(id(tensor))
         if name is not None:
             self.mutations[name] = ref
-            # Tracing runs the code for real; the state it updates is put back afterwards so the
-            # compiled graph's own run makes the call's one update.
             self._originals.setdefault(name, tensor._data.copy())
 
+    def grad_assignments(self) -> dict:
+        """Inputs whose `.grad` the traced code replaced (backward, zero_grad): name -> new value."""
+        return {name: self.inputs[name]._grad for name, before in self._grads_before.items()
+                if self.inputs[name]._grad is not before}
+
     def restore_inputs(self):
-        """Undo the trace run's in-place updates of parameters, buffers and captured tensors."""
+        """Undo the trace run's effects on parameters, buffers and captured tensors (values and
+        `.grad`), so the compiled graph's own run makes the call's one update."""
         for name, data in self._originals.items():
             np.copyto(self.inputs[name]._data, data)
+        for name, before in self._grads_before.items():
+            self.inputs[name]._grad = before
+
+    def guard(self, label, read):
+        """Guard on a Python value the traced code depends on (an optimizer's hyperparameters)."""
+        self.guards.append((label, read, read()))
 
     def read_values(self, tensor, what):
         """Python is about to read `tensor`'s values (bool(), item(), tolist(), numpy())."""

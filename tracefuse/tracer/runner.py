@@ -48,13 +48,16 @@ def run(captured, arg_leaves):
     live.update(zip(captured.arg_names, arg_leaves))
     outputs = interpreter.run(captured.forward, live)
     n = captured.n_user_outputs
-    user, written = outputs[:n], outputs[n:n + len(captured.mutated)]
-    for name, value in zip(captured.mutated, written):
+    user = outputs[:n]
+    rest = iter(outputs[n:])
+    for name in captured.mutated:
         target = live[name]
-        np.copyto(target._data, value._data, casting="unsafe")
+        np.copyto(target._data, next(rest)._data, casting="unsafe")
         target._version.bump()
+    for name, has_value in captured.grad_assignments:
+        live[name]._grad = next(rest) if has_value else None
     if captured.backward is not None and autograd.is_grad_enabled():
-        saved = outputs[n + len(captured.mutated):]
+        saved = list(rest)
         differentiable = [user[i] for i in captured.diff_outputs]
         node = CompiledBackward(captured, live, saved, differentiable)
         for j, out in enumerate(differentiable):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import networkx as nx
 
 from ..graph import Graph, Ref
-from ..rewrite import PassLog, Rule, apply_rules, replace_node
+from ..rewrite import PassLog, Rule, apply_rules, inherited_meta, replace_node
 
 
 def _producer(graph, x, op):
@@ -55,7 +55,7 @@ def _match_stacked_norms(graph, total):
 def _fuse_norms(graph, found):
     total, cat, norms = found
     fused = graph.add_node("multi_tensor_norm", [n.inputs[0] for n in norms], {"p": total.attrs["p"]},
-                           {**total.meta, "outputs": list(total.meta["outputs"])}, before=total.name)
+                           {"outputs": list(total.meta["outputs"]), **inherited_meta(total)}, before=total.name)
     replace_node(graph, total.name, [Ref(fused.name)])
     return [total.name, cat.name] + [n.name for n in norms], f"-> %{fused.name} over {len(norms)} tensors"
 
@@ -86,7 +86,7 @@ def _fuse_muls(graph, found):
     coef, pairs = found
     first = min((mul for _, mul in pairs), key=lambda m: graph.position(m.name))
     fused = graph.add_node("multi_tensor_scale", [coef] + [g for g, _ in pairs], {},
-                           {**first.meta, "outputs": [mul.meta["outputs"][0] for _, mul in pairs]},
+                           {"outputs": [mul.meta["outputs"][0] for _, mul in pairs], **inherited_meta(first)},
                            before=first.name)
     for i, (_, mul) in enumerate(pairs):
         replace_node(graph, mul.name, [Ref(fused.name, i)])

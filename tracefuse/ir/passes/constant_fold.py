@@ -5,7 +5,9 @@ creation nodes (full, arange, linspace, eye); it is run once through the dispatc
 by const inputs holding its results. Folding repeats down chains, since a folded node becomes a
 const for its users. Results larger than FOLD_LIMIT elements are not folded: a `zeros(T, B, H)`
 is cheaper to create at run time than to keep in the compiled graph, so such creation nodes stay
-nodes (their small derived values, such as a sum over them, still fold).
+nodes (their small derived values, such as a sum over them, still fold). Nor are graph outputs:
+a call must return fresh tensors, not the same const object every time (the caller may write
+into them).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import math
 from .. import ops
 from ...device import as_device
 from ..graph import PLACEHOLDER, Graph, Ref
-from ..rewrite import PassLog, is_const, replace_node, run_op
+from ..rewrite import PassLog, is_const, inherited_meta, replace_node, run_op
 
 FOLD_LIMIT = 4096  # elements, over all outputs of a node
 
@@ -26,8 +28,8 @@ def _is_source(graph, ref) -> bool:
     return is_const(graph, ref) or (op is not None and op.kind == "creation" and not op.random)
 
 
-def _foldable(graph, node) -> bool:
-    if node.op == PLACEHOLDER or ops.get(node.op).random:
+def _foldable(graph, node, returned) -> bool:
+    if node.op == PLACEHOLDER or ops.get(node.op).random or node.name in returned:
         return False
     if not node.refs and ops.get(node.op).kind != "creation":
         return False
@@ -48,13 +50,13 @@ def _value(graph, ref):
 def constant_fold(graph: Graph, log: PassLog | None = None) -> Graph:
     """Fold in place (one forward sweep reaches whole chains); returns `graph`."""
     log = log if log is not None else PassLog()
+    returned = {r.node for r in graph.outputs if isinstance(r, Ref)}
     for node in graph.nodes:
-        if not _foldable(graph, node):
+        if not _foldable(graph, node, returned):
             continue
         args = [_value(graph, x) if isinstance(x, Ref) else x for x in node.inputs]
         results = run_op(node.op, args, node.attrs)
-        where = {k: node.meta[k] for k in ("scope", "source") if k in node.meta}
-        consts = [graph.add_constant(v, before=node.name, **where) for v in results]
+        consts = [graph.add_constant(v, before=node.name, **inherited_meta(node)) for v in results]
         replace_node(graph, node.name, consts)
         log.record("constant_fold", "fold", [node.name], f"{node.op} -> " + ", ".join(str(c) for c in consts))
     return graph

@@ -2,7 +2,8 @@
 
 Traced code often recomputes the same value (a weight transpose per time step, the same mask
 twice); merging the copies saves work and lets later passes see one value. Random ops are
-never merged: two dropout calls must draw different numbers.
+never merged: two dropout calls must draw different numbers. Nor are two graph outputs: the
+call must return distinct tensors (`return x.clone(), x.clone()`).
 """
 from __future__ import annotations
 
@@ -35,12 +36,13 @@ def cse(graph: Graph, log: PassLog | None = None) -> Graph:
     """Merge duplicates in place, keeping the first of each (one forward sweep: inputs are merged
     before their users are keyed, so whole duplicate chains collapse); returns `graph`."""
     log = log if log is not None else PassLog()
+    returned = {r.node for r in graph.outputs if isinstance(r, Ref)}
     first: dict = {}
     for node in graph.nodes:
         if node.op == PLACEHOLDER or ops.get(node.op).random:
             continue
         kept = first.setdefault(node_key(node), node.name)
-        if kept != node.name:
+        if kept != node.name and not (kept in returned and node.name in returned):
             n_out = len(node.meta.get("outputs", ())) or 1
             replace_node(graph, node.name, [Ref(kept, i) for i in range(n_out)])
             log.record("cse", "merge_duplicate", [kept, node.name], node.op)

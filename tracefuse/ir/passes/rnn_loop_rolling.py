@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ... import dtypes
 from ..graph import Graph, Ref
-from ..rewrite import PassLog, Rule, apply_rules, infer_outputs, replace_node
+from ..rewrite import PassLog, Rule, apply_rules, infer_outputs, inherited_meta, replace_node
 
 _LAYERS = {"lstm_cell": ("lstm_layer", 2), "gru_cell": ("gru_layer", 1), "rnn_cell": ("rnn_layer", 1)}  # (op, states)
 _LAYER_OPS = {layer for layer, _ in _LAYERS.values()}
@@ -83,7 +83,7 @@ def _roll(graph, found):
     chain, x, times = found
     head, last = chain[0], chain[-1]
     layer_op, n_state = _LAYERS[head.op]
-    where = {k: head.meta[k] for k in ("scope", "source") if k in head.meta}
+    where = inherited_meta(head)
     start, n = min(times), len(times)
     if n != _shape(graph, x)[0]:
         x_shape, x_dtype = graph.node(x.node).meta["outputs"][x.index]
