@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from .. import autograd
 from ..creation import ones_like
 from ..ir import pipeline
-from ..ir.graph import Graph, Ref
-from ..tensor import Tensor
+from ..ir.graph import Graph
 from . import pytree
 from .context import TraceContext, TracingError
 
@@ -73,7 +72,7 @@ def capture(invoke, arguments, named_state, scopes) -> Captured:
     # A function that ran backward() itself (a training step) returns plain values.
     if diff and autograd.is_grad_enabled() and not ctx.ran_backward:
         _capture_backward(captured, ctx, out_leaves, diff)
-    captured.traced = _copy(graph)
+    captured.traced = graph  # optimize() works on a copy
     captured.log = pipeline.PassLog()
     captured.forward = pipeline.optimize(graph, log=captured.log)
     if captured.backward is not None:
@@ -120,7 +119,7 @@ def _capture_backward(captured, fwd_ctx, out_leaves, diff):
         tensor = bwd.inputs[node.name]
         ref = fwd_ctx._bound.get(id(tensor))
         if ref is None or ref[1] is not tensor:
-            node.meta["value"] = tensor  # a constant of the program
+            node.attrs["kind"], node.meta["value"] = "const", tensor  # made by the rules from constants
             continue
         fwd_ref = ref[0]
         if fwd_ref.index == 0 and fwd_ref.node in fwd_ctx.inputs:
@@ -130,12 +129,3 @@ def _capture_backward(captured, fwd_ctx, out_leaves, diff):
             captured.forward.outputs.append(fwd_ref)
             saved.append(node.name)
     captured.backward, captured.diff_inputs, captured.diff_outputs, captured.saved = graph, diff_inputs, diff, saved
-
-
-def _copy(graph):
-    """A structural copy (sharing values in meta), so the traced graph survives the passes."""
-    out = Graph()
-    for n in graph.nodes:
-        out.add_node(n.op, n.inputs, dict(n.attrs), dict(n.meta), name=n.name)
-    out.outputs = list(graph.outputs)
-    return out
