@@ -1,4 +1,4 @@
-"""The ``tracefuse`` command line: ``tracefuse doctor`` and ``tracefuse demo``.
+"""The ``tracefuse`` command line: ``tracefuse doctor``, ``tracefuse demo`` and ``tracefuse dump``.
 
 Everything heavy (numpy, triton, cuda-python, rich) is imported inside the command that
 needs it, so the CLI starts fast. PyTorch is never imported: ``doctor`` only looks it up.
@@ -138,6 +138,26 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dump(args: argparse.Namespace) -> int:
+    """Run a script with TRACEFUSE_DUMP on, so every graph it compiles is written out."""
+    import os
+    import runpy
+    from pathlib import Path
+
+    os.environ["TRACEFUSE_DUMP"] = args.kinds
+    os.environ["TRACEFUSE_DUMP_DIR"] = str(args.out)
+    before = set(Path(args.out).glob("*")) if Path(args.out).exists() else set()
+    sys.argv = [str(args.script), *args.script_args]
+    runpy.run_path(str(args.script), run_name="__main__")
+    written = sorted(set(Path(args.out).glob("*")) - before)
+    if not written:
+        print(f"tracefuse dump: {args.script} compiled nothing (use tracefuse.compile on a model or function)")
+        return 1
+    for folder in written:
+        print(f"{folder}: {', '.join(sorted(p.name for p in folder.iterdir()))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tracefuse", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"tracefuse {version()}")
@@ -151,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser = commands.add_parser("demo", help="train a character-level LSTM language model and sample from it")
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(func=demo.run)
+
+    dump = commands.add_parser("dump", help="run a script and write the IR graphs, guards and kernels it compiles")
+    dump.add_argument("script", type=str, help="a Python script that calls tracefuse.compile")
+    dump.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script")
+    dump.add_argument("--out", default="tracefuse_dump", help="dump folder (default: ./tracefuse_dump)")
+    dump.add_argument("--kinds", default="all", help="comma-separated: graph,optimized,kernels,guards (default all)")
+    dump.set_defaults(func=_cmd_dump)
     return parser
 
 

@@ -16,8 +16,8 @@ import tracefuse
 from tracefuse import nn
 from tracefuse.nn import functional as F
 
-QUICK = dict(steps=120, hidden=128, seq_len=32, batch=16)
-FULL = dict(steps=800, hidden=256, seq_len=64, batch=32)
+QUICK = dict(steps=400, hidden=128, seq_len=32, batch=16)
+FULL = dict(steps=1500, hidden=256, seq_len=64, batch=32)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", type=Path, help="train on this UTF-8 text file instead of tracefuse's source")
     parser.add_argument("--generate", type=int, default=240, help="characters to generate at the end")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eager", action="store_true",
+                        help="run the training step eagerly instead of as one compiled graph")
 
 
 def load_corpus(path: Path | None) -> str:
@@ -60,6 +62,18 @@ def _batches(codes: np.ndarray, seq_len: int, batch: int, rng: np.random.Generat
         starts = rng.integers(0, len(codes) - seq_len - 1, size=batch)
         window = np.stack([codes[s:s + seq_len + 1] for s in starts])
         yield tracefuse.from_numpy(window[:, :-1].copy()), tracefuse.from_numpy(window[:, 1:].copy())
+
+
+def _train_step(model, optimizer):
+    """One optimisation step; `tracefuse demo` compiles it whole (forward, backward, clip, Adam)."""
+    def step(x, y):
+        optimizer.zero_grad()
+        loss = _loss(model, x, y)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+        optimizer.step()
+        return loss
+    return step
 
 
 def _loss(model, x, y):
@@ -115,24 +129,24 @@ def run(args: argparse.Namespace) -> int:
     optimizer = tracefuse.optim.Adam(model.parameters(), lr=args.lr)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tracefuse demo: char-level LSTM, {len(text):,} characters, vocabulary {len(vocab)}, "
-          f"hidden {config['hidden']}, {n_params:,} parameters, device {device}")
+          f"hidden {config['hidden']}, {n_params:,} parameters, device {device}, "
+          f"{'eager' if args.eager else 'compiled'} training step")
 
     batches = _batches(codes, config["seq_len"], config["batch"], rng)
     held_out = next(_batches(codes, config["seq_len"], 64, np.random.default_rng(args.seed + 1)))
     with tracefuse.no_grad():
         loss_before = _loss(model, *held_out).item()
 
+    step_fn = _train_step(model, optimizer)
+    if not args.eager:
+        step_fn = tracefuse.compile(step_fn)
     chars_per_step = config["seq_len"] * config["batch"]
     start = time.perf_counter()
     with _progress() as progress:
         task = progress.add_task("train", total=config["steps"], loss=float("nan"), rate=0.0)
         for step in range(config["steps"]):
             x, y = next(batches)
-            loss = _loss(model, x.to(device), y.to(device))
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
-            optimizer.step()
+            loss = step_fn(x.to(device), y.to(device))
             elapsed = time.perf_counter() - start
             progress.update(task, advance=1, loss=loss.item(), rate=chars_per_step * (step + 1) / elapsed)
     seconds = time.perf_counter() - start

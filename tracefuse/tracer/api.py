@@ -215,8 +215,9 @@ def _compiled_call(self, *args, **kwargs):
 
 def _compile_module(module, opts):
     """A view of `module` (same __dict__, so the same state) whose calls run compiled."""
-    cls = type(f"Compiled{type(module).__name__}", (type(module),),
-               {"__call__": _compiled_call, "_tracefuse_options": opts, "__module__": type(module).__module__})
+    base = type(module)
+    cls = type(base.__name__, (base,), {"__call__": _compiled_call, "_tracefuse_options": opts,
+                                        "__module__": base.__module__, "__qualname__": base.__qualname__})
     compiled = object.__new__(cls)
     object.__setattr__(compiled, "__dict__", module.__dict__)
     return compiled

@@ -74,7 +74,7 @@ def maybe_dump(compiled, entry) -> None:
     from ..ir.passes.elementwise_fusion import groups
 
     rep = report(compiled, entry)
-    name = getattr(compiled.fn, "__qualname__", None) or type(compiled.module).__name__
+    name = type(compiled.module).__name__ if compiled.module is not None else compiled.fn.__qualname__
     folder = Path(os.environ.get("TRACEFUSE_DUMP_DIR", "tracefuse_dump")) / f"{name}_{len(compiled.entries)}"
     folder.mkdir(parents=True, exist_ok=True)
     if "graph" in wanted:

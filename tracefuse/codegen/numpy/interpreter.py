@@ -2,7 +2,7 @@
 
 Each node runs exactly as the same op runs eagerly (same dtype rules, same NumPy
 implementation), so a compiled graph and eager code agree to the last bit. Values are freed after
-their last use (the memory plan's `free_after`, or computed here), and an error names the IR node
+their last use (the memory plan's `free_after`), and an error names the IR node
 and the user's source line, as torch.fx's Interpreter does.
 """
 from __future__ import annotations
@@ -16,25 +16,11 @@ class GraphExecutionError(RuntimeError):
     """An op failed while a compiled graph ran; the message names the node and source line."""
 
 
-def last_uses(graph):
-    """For each node, the values whose last reader it is (graph outputs are never freed)."""
-    kept = {r.node for r in graph.outputs if isinstance(r, Ref)}
-    last = {}
-    for node in graph.nodes:
-        for ref in node.refs:
-            last[ref.node] = node.name
-    free = {}
-    for value, reader in last.items():
-        if value not in kept:
-            free.setdefault(reader, []).append(value)
-    return free
-
-
-def run(graph, inputs: dict, free_after: dict | None = None):
+def run(graph, inputs: dict):
     """Evaluate `graph` on `inputs` (placeholder name -> Tensor); returns its outputs as a list.
 
-    Placeholders missing from `inputs` take their `meta["value"]` (lifted or folded constants)."""
-    free_after = free_after if free_after is not None else last_uses(graph)
+    Placeholders missing from `inputs` take their `meta["value"]` (constants). Values are dropped
+    after the node the memory plan (`meta["free_after"]`) names as their last reader."""
     env = {}
 
     def value(x):
@@ -56,6 +42,6 @@ def run(graph, inputs: dict, free_after: dict | None = None):
                     f"While executing {graph.format_node(node)}\n  at {where or '<unknown source>'}: "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
-            for name in free_after.get(node.name, ()):
+            for name in node.meta.get("free_after", ()):
                 env.pop(name, None)
         return [value(r) for r in graph.outputs]
