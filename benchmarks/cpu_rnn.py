@@ -1,7 +1,7 @@
-"""CPU benchmark: tracefuse (NumPy backend) vs PyTorch CPU for nn.LSTM / nn.GRU.
+"""CPU benchmark: tracefuse (NumPy backend, compiled and eager) vs PyTorch CPU for nn.LSTM / nn.GRU.
 
-Same shapes, dtype, weights and inputs on both sides, measured alternately in one process; the
-table shows medians and the ratio tracefuse / torch (lower is better). Shapes follow
+Same shapes, dtype, weights and inputs on all sides, measured in turn in one process; the table
+shows medians and the ratio compiled tracefuse / torch (lower is better). Shapes follow
 BENCHMARKS.md's CPU section. Usage: python benchmarks/cpu_rnn.py [--repeats N] [--quick]
 """
 from __future__ import annotations
@@ -50,19 +50,22 @@ def _time(fn, repeats):
 
 
 def bench(kind, shape, mode, repeats):
+    """Median seconds of (compiled tracefuse, eager tracefuse, torch)."""
     T, B, H = shape
-    ours, theirs = _pair(kind, H)
+    eager, theirs = _pair(kind, H)
+    compiled = tracefuse.compile(eager)
     data = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
     x_ours, x_theirs = tracefuse.from_numpy(data), torch.from_numpy(data)
     step = _forward if mode == "forward" else _train_step
-    np.testing.assert_allclose(step(ours, x_ours, tracefuse).detach().numpy(),
-                               step(theirs, x_theirs, torch).detach().numpy(), rtol=1e-3, atol=1e-4)
-    ours_t, theirs_t = [], []
-    for _ in range(repeats):  # alternate so machine drift hits both sides alike
-        ours_t += _time(lambda: step(ours, x_ours, tracefuse), 1)
-        theirs_t += _time(lambda: step(theirs, x_theirs, torch), 1)
-    a, b = statistics.median(ours_t), statistics.median(theirs_t)
-    return a, b
+    expected = step(theirs, x_theirs, torch).detach().numpy()
+    for model in (compiled, eager):  # also warms up: the compiled model traces here
+        np.testing.assert_allclose(step(model, x_ours, tracefuse).detach().numpy(), expected, rtol=1e-3, atol=1e-4)
+    runs = {"compiled": [], "eager": [], "torch": []}
+    for _ in range(repeats):  # in turn, so machine drift hits every side alike
+        runs["compiled"] += _time(lambda: step(compiled, x_ours, tracefuse), 1)
+        runs["eager"] += _time(lambda: step(eager, x_ours, tracefuse), 1)
+        runs["torch"] += _time(lambda: step(theirs, x_theirs, torch), 1)
+    return [statistics.median(runs[k]) for k in ("compiled", "eager", "torch")]
 
 
 def main():
@@ -74,14 +77,14 @@ def main():
     repeats = 3 if args.quick else args.repeats
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}, float32, "
           f"median of {repeats}")
-    print("| model | mode | T | B | H | tracefuse ms | torch ms | ratio |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | mode | T | B | H | compiled ms | eager ms | torch ms | compiled / torch |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for kind in ("LSTM", "GRU"):
         for mode in ("forward", "forward+backward"):
             for shape in shapes:
-                a, b = bench(kind, shape, mode, repeats)
-                print(f"| {kind} | {mode} | {shape[0]} | {shape[1]} | {shape[2]} | {1e3 * a:.1f} | {1e3 * b:.1f} "
-                      f"| {a / b:.2f} |", flush=True)
+                c, e, t = bench(kind, shape, mode, repeats)
+                print(f"| {kind} | {mode} | {shape[0]} | {shape[1]} | {shape[2]} | {1e3 * c:.1f} | {1e3 * e:.1f} "
+                      f"| {1e3 * t:.1f} | {c / t:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
