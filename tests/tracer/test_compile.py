@@ -308,3 +308,17 @@ def test_explain_report_and_dump(tmp_path, monkeypatch):
     files = {p.name for p in tmp_path.rglob("*") if p.is_file()}
     assert {"graph.txt", "graph.dot", "optimized.txt", "optimized.dot", "optimized.json", "guards.txt",
             "kernels.txt", "passes.txt"} <= files
+
+
+def test_rebinding_module_state_during_a_call_is_refused():
+    class Counter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("seen", tracefuse.zeros(()))
+
+        def forward(self, x):
+            self.seen = self.seen + x.shape[0]  # rebinds the buffer instead of updating it
+            return x * 2
+
+    with pytest.raises(TracingError, match="replaced buffer 'seen' of Counter with a new tensor"):
+        tracefuse.compile(Counter())(tracefuse.ones(3))

@@ -161,9 +161,11 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0):
 
 
 def _embedding_renorm_(weight, indices, max_norm, norm_type):
-    """Rescale, in place, the looked-up rows whose norm exceeds max_norm (PyTorch's embedding_renorm_)."""
+    """Rescale, in place, the looked-up rows whose norm exceeds max_norm (PyTorch's embedding_renorm_).
+    Repeated indices write the same row value twice; reading the indices' values (np.unique) would
+    make a compiled graph depend on one batch's tokens."""
     with no_grad():
-        rows = _as_tensor(np.unique(indices.numpy()), dtype=dtypes.int64)
+        rows = indices.reshape(-1)
         picked = weight.index_select(0, rows)
         norms = picked.norm(p=norm_type, dim=1, keepdim=True)
         scale = dispatch("where", norms > max_norm, max_norm / (norms + 1e-7), 1.0)

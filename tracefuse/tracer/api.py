@@ -125,7 +125,9 @@ class CompiledCallable:
                        f"{_name(self.fn)}; last {failure}")
             return self._fall_back(message, arguments, guards)
         try:
-            captured = capture(self.invoke, arguments, self._state(), self._scopes())
+            state = self._state()
+            captured = capture(self.invoke, arguments, state, self._scopes())
+            self._check_state_kept(state)
         except WarmupRequired:
             self.warmups += 1
             return self.invoke(arguments)  # creates the state; the next call is traced
@@ -135,6 +137,17 @@ class CompiledCallable:
         self.entries.append(entry)
         dump.maybe_dump(self, entry)
         return self._run(entry, arguments)
+
+    def _check_state_kept(self, state):
+        """A call that rebinds a parameter or buffer (instead of updating it in place) cannot be
+        replayed: the graph would keep writing to the old tensor."""
+        now = {name: t for name, t, _ in self._state()}
+        for name, t, kind in state:
+            if now.get(name) is not t:
+                raise TracingError(
+                    f"tracefuse.compile: the call replaced {kind} '{name}' of {type(self.module).__name__} with a new "
+                    f"tensor; a compiled graph can only update module state in place (e.g. "
+                    f"`self.{name.rsplit('.', 1)[-1]}.copy_(value)`)")
 
     def _run(self, entry, arguments):
         if entry.captured is None:
