@@ -649,3 +649,17 @@ def test_custom_function_backward_results(backward, n_inputs, error):
         else:
             with pytest.raises(RuntimeError, match=re.escape(error)):
                 _function_with_backward(m, backward, n_inputs)
+
+
+@pytest.mark.parametrize("data, dim", [
+    ([[1.0, 3.0, 3.0], [0.0, 0.0, -2.0], [0.0, 2.0, 5.0]], 1),
+    ([[1.0, 3.0, 3.0], [0.0, 0.0, -2.0], [0.0, 2.0, 5.0]], 0),
+    ([2.0, 0.0, 4.0], None),
+])
+def test_prod_gradient_with_zeros_matches_torch(data, dim):
+    ours = tracefuse.tensor(data, dtype=tracefuse.float64, requires_grad=True)
+    theirs = torch.tensor(data, dtype=torch.float64, requires_grad=True)
+    (ours.prod() if dim is None else ours.prod(dim)).sum().backward()
+    (theirs.prod() if dim is None else theirs.prod(dim)).sum().backward()
+    assert np.isfinite(ours.grad.numpy()).all()
+    np.testing.assert_array_equal(ours.grad.numpy(), theirs.grad.numpy())

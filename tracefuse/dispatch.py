@@ -101,7 +101,10 @@ def _arguments(op, inputs, out_dtype):
 
 
 def _cast(a, np_type):
-    return a if a.dtype == np_type else a.astype(np_type)
+    if a.dtype == np_type:
+        return a
+    with np.errstate(all="ignore"):  # overflow to inf when narrowing, silently, as in PyTorch
+        return a.astype(np_type)
 
 
 def _wrap(op, j, array, out_dtype, device):

@@ -908,14 +908,17 @@ class Tensor:
         return dispatch("logical_not", self)
 
     def equal(self, other):
-        return self.shape == other.shape and bool(np.array_equal(self._data, other._data))
+        return self.shape == other.shape and bool((self == other).all())
 
     def allclose(self, other, rtol=1e-05, atol=1e-08, equal_nan=False):
-        return bool(np.allclose(self._data, other._data, rtol=rtol, atol=atol, equal_nan=equal_nan))
+        return bool(self.isclose(other, rtol, atol, equal_nan).all())
 
     def isclose(self, other, rtol=1e-05, atol=1e-08, equal_nan=False):
-        from .creation import tensor
-        return tensor(np.isclose(self._data, other._data, rtol=rtol, atol=atol, equal_nan=equal_nan))
+        """|self - other| <= atol + rtol * |other|, elementwise (equal infinities are close)."""
+        if self.dtype is dtypes.bool_:
+            return self == other
+        close = (self == other) | ((self - other).abs() <= atol + rtol * other.abs())
+        return close | (self.isnan() & other.isnan()) if equal_nan else close
 
     def clamp(self, min=None, max=None):
         if min is None and max is None:
@@ -1421,19 +1424,11 @@ class Tensor:
                     f"Size does not match at dimension {i} expected index {list(index.shape)} to be no larger "
                     f"than self {list(self.shape)} apart from dimension {d}"
                 )
-        self._check_scatter_gather_bounds(index, d)
-        return dispatch("gather", self, index, dim=d)
-
-    def _check_scatter_gather_bounds(self, index, d):
-        size = self.shape[d] if self.ndim else 1
-        bad = _out_of_bounds(index, 0, size)  # no negative indices here
-        if bad is not None:
-            raise RuntimeError(f"index {bad} is out of bounds for dimension {d} with size {size}")
+        return dispatch("gather", self, index, dim=d)  # the implementation checks the index range
 
     def scatter(self, dim, index, src=None, *, value=None, reduce=None):
         d = _normalize_dim(dim, self.ndim)
         _check_index_tensor(index, "scatter", "int64")
-        self._check_scatter_gather_bounds(index, d)
         source = src if src is not None else value
         if isinstance(source, Tensor) and source.dtype is not self._dtype:
             raise RuntimeError("scatter(): Expected self.dtype to be equal to src.dtype")
@@ -1467,6 +1462,7 @@ class Tensor:
 
     def nonzero(self, as_tuple=False):
         from .creation import tensor
+        self._values_read("nonzero()")  # the result's shape depends on the values
         idx = np.nonzero(self._data)
         if as_tuple:
             return tuple(tensor(i.astype(np.int64)) for i in idx)

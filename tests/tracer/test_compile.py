@@ -322,3 +322,16 @@ def test_rebinding_module_state_during_a_call_is_refused():
 
     with pytest.raises(TracingError, match="replaced buffer 'seen' of Counter with a new tensor"):
         tracefuse.compile(Counter())(tracefuse.ones(3))
+
+
+def test_constants_that_compare_equal_but_differ_retrace():
+    @tracefuse.compile
+    def scaled(x, s):
+        return x * s
+
+    ints = tracefuse.tensor([1, 2])
+    assert scaled(ints, 1).dtype is tracefuse.int64
+    assert scaled(ints, 1.0).dtype is tracefuse.float32
+    ones = tracefuse.ones(2)
+    assert (ones / scaled(ones, 0.0)).tolist() == [float("inf")] * 2
+    assert (ones / scaled(ones, -0.0)).tolist() == [float("-inf")] * 2

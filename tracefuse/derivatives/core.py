@@ -301,12 +301,19 @@ def _mean(ctx, g):
     return _expand_back(ctx, g) / max(count, 1)
 
 
-@rule("prod", inputs=(0,), outputs=(0,))
+@rule("prod", inputs=(0,))
 def _prod(ctx, g):
-    x, out = ctx.saved_input(0), ctx.saved_output(0)
-    ndim = len(_shape(ctx, 0))
-    out = unsqueeze_dims(out, ctx.attrs["dim"], ctx.attrs["keepdim"], ndim)
-    return _expand_back(ctx, g) * out / x
+    """d prod / d x_i is the product of the other elements: out / x_i where x_i != 0; with one zero
+    in the slice, the product of the non-zeros at the zero (and 0 elsewhere); with more, 0."""
+    x = ctx.saved_input(0)
+    dims = ctx.attrs["dim"]
+    is_zero = x == 0
+    nonzero_prod = dispatch("where", is_zero, 1.0, x).prod(dim=dims, keepdim=True) if x.ndim else \
+        dispatch("where", is_zero, 1.0, x)
+    zeros = is_zero.sum(dim=dims, keepdim=True) if x.ndim else is_zero.long()
+    others = dispatch("where", is_zero, dispatch("where", zeros == 1, nonzero_prod, 0.0),
+                      dispatch("where", zeros == 0, nonzero_prod / dispatch("where", is_zero, 1.0, x), 0.0))
+    return _expand_back(ctx, g) * others
 
 
 def _amax_grad(ctx, g):

@@ -3,7 +3,7 @@
 Each `OpDef` names an op, its kind, how its result dtype follows from its inputs and which
 attributes it takes. Backends and autograd register their rules against the same name:
 `impl` (the NumPy implementation, codegen/numpy), `grad` (the gradient rule written with ops,
-tracefuse/derivatives.py). Eager execution, tracing and autodiff all read this table.
+tracefuse/derivatives/). Eager execution, tracing and autodiff all read this table.
 
 dtype rules:
   promote   PyTorch's result_type over tensor and scalar inputs

@@ -1,22 +1,24 @@
 """The optimization pipeline: the ordered list of passes a traced graph goes through.
 
 Read top to bottom: clean up (dead code, duplicates, constants), recognise the high-level
-patterns (cell loops -> layer scans, clipping -> two multi-tensor nodes), clean up what they left,
-then decide kernels (elementwise groups) and memory (where values die).
+patterns (hand-written gate math -> cells, cell loops -> layer scans, clipping -> two
+multi-tensor nodes), clean up what they left, then decide kernels (elementwise groups) and
+memory (where values die).
 """
 from __future__ import annotations
 
 import os
 
 from .graph import Graph
-from .passes import (clip_norm_fusion, constant_fold, cse, dead_code, elementwise_fusion, memory_plan,
-                     rnn_loop_rolling)
+from .passes import (clip_norm_fusion, constant_fold, cse, dead_code, elementwise_fusion, gate_fusion,
+                     memory_plan, rnn_loop_rolling)
 from .rewrite import PassLog
 
 PASSES = [
     dead_code,
     cse,
     constant_fold,
+    gate_fusion,
     rnn_loop_rolling,
     clip_norm_fusion,
     dead_code,

@@ -88,22 +88,27 @@ class CompiledCallable:
         return guards
 
     def _failed_guard(self, entry, guards, arguments):
+        return next(self._failed_guards(entry, guards, arguments), None)
+
+    def _failed_guards(self, entry, guards, arguments):
+        """The guards of `entry` that fail for this call, in order (lazily)."""
+        structure_changed = False
         for key, old in entry.guards.items():
             new = guards.get(key)
             if new != old:
-                return Recompile(key, old, new)
-        if entry.value_guards:
+                structure_changed |= key == "arguments"
+                yield Recompile(key, old, new)
+        if entry.value_guards and not structure_changed:  # else the argument names may not match
             leaves, _, _ = pytree.flatten(arguments)
             live = dict(entry.captured.live_inputs, **dict(zip(entry.captured.arg_names, leaves)))
             for name, values in entry.value_guards.items():
                 now = live[name]._data.tolist()
                 if now != values:
-                    return Recompile(f"values of {name}", values, now)
+                    yield Recompile(f"values of {name}", values, now)
         for label, read, value in entry.captured.guards if entry.captured else ():
             now = read()
             if now != value:
-                return Recompile(label, value, now)
-        return None
+                yield Recompile(label, value, now)
 
     # --- calling -------------------------------------------------------------------------------
     def invoke(self, arguments):
@@ -113,12 +118,13 @@ class CompiledCallable:
     def __call__(self, *args, **kwargs):
         arguments = dict(self.signature.bind(*args, **kwargs).arguments)
         guards = self.guards_for(arguments)
-        failure = None
         for entry in self.entries:
-            failure = self._failed_guard(entry, guards, arguments)
-            if failure is None:
+            if self._failed_guard(entry, guards, arguments) is None:
                 return self._run(entry, arguments)
-        if failure is not None:
+        failure = None
+        if self.entries:  # explained against the closest entry: fewest failed guards, newest on ties
+            failure = min((list(self._failed_guards(e, guards, arguments)) for e in reversed(self.entries)),
+                          key=len)[0]
             self.recompiles.append(failure)
         if len(self.entries) >= self.options.recompile_limit:
             message = (f"tracefuse.compile: recompile limit ({self.options.recompile_limit}) reached for "

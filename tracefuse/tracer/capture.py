@@ -69,6 +69,7 @@ def capture(invoke, arguments, named_state, scopes) -> Captured:
     captured = Captured(graph, out_spec, len(out_leaves), mutated, live, arg_names, dict(ctx.value_guards),
                         grad_assignments=[(n, g is not None) for n, g in grads.items()], guards=ctx.guards)
     diff = [i for i, t in enumerate(out_leaves) if t.requires_grad]
+    captured.diff_outputs = diff
     # A function that ran backward() itself (a training step) returns plain values.
     if diff and autograd.is_grad_enabled() and not ctx.ran_backward:
         _capture_backward(captured, ctx, out_leaves, diff)

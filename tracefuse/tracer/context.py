@@ -54,6 +54,8 @@ class TraceContext:
         self._bound: dict[int, tuple] = {}  # id(tensor) -> (Ref, tensor, int-arg sources or None)
         self._scopes = scopes or {}  # id(module) -> qualified name
         self._scope_stack: list[str] = []
+        self._module_labels = {i: name or "self" for i, name in self._scopes.items()}  # guard labels
+        self._guarded_modules: set[int] = set()
         self.inputs: dict[str, object] = {}  # placeholder name -> live tensor (args, params, buffers)
         self._input_names: dict[int, str] = {}
         self._originals: dict[str, object] = {}
@@ -86,6 +88,7 @@ class TraceContext:
         self._input_names[id(tensor)] = name
         if tensor.requires_grad:
             self._grads_before[name] = tensor._grad
+            self._guard_grad(name, tensor)
         return ref
 
     def ref(self, tensor) -> Ref:
@@ -110,7 +113,7 @@ class TraceContext:
     def record(self, op, inputs, attrs, outputs):
         from ..tensor import Tensor
 
-        args, sources = [], frozenset()
+        args, sources = [], None if op.random else frozenset()  # random values may not steer Python
         for x in inputs:
             if isinstance(x, Tensor):
                 args.append(self.ref(x))
@@ -133,12 +136,27 @@ class TraceContext:
                 f"tracefuse.compile: in-place update of a view (at {user_source()}) cannot be expressed in a "
                 "graph; write `x = x.clone()` first or update the whole tensor"
             )
+        if self._bound.get(id(tensor), (None, None))[1] is not tensor:
+            self.ref(tensor)  # from outside the trace (an existing .grad that zero_() or accumulation
+            # updates in place): lifted, so that the graph writes the update back
         ref = self.ref(result)
         self._bound[id(tensor)] = (ref, tensor, self._sources(result))
         name = self._input_names.get(id(tensor))
         if name is not None:
             self.mutations[name] = ref
             self._originals.setdefault(name, tensor._data.copy())
+            for owner, t in self.inputs.items():
+                if t.requires_grad and t._grad is tensor:
+                    self._guard_grad(owner, t)
+
+    def _guard_grad(self, name, tensor):
+        """The graph updates `tensor.grad` in place (zero_grad(set_to_none=False), accumulation): it
+        may only replay while that .grad is the same tensor."""
+        grad = tensor._grad
+        if grad is not None and self._input_names.get(id(grad)) in self.mutations:
+            label = f"{name}.grad"
+            if all(g[0] != label for g in self.guards):
+                self.guard(label, lambda: _guard_value(tensor._grad))
 
     def grad_assignments(self) -> dict:
         """Inputs whose `.grad` the traced code replaced (backward, zero_grad): name -> new value."""
@@ -177,6 +195,38 @@ class TraceContext:
     def enter_module(self, module):
         name = self._scopes.get(id(module))
         self._scope_stack.append(name if name is not None else (self.scope() or type(module).__name__))
+        self._guard_module(module)
+
+    def _guard_module(self, module):
+        """Guard what steers a module's forward besides its arguments: its training flag and other
+        public plain attributes (p, momentum, ...), which Parameter, buffer and tensor objects it
+        holds, and its hooks. Then eval(), a changed hyperparameter or a replaced Parameter
+        retraces, also when the compiled object is a function that calls the module."""
+        from ..tensor import Tensor
+
+        if id(module) not in self._module_labels:  # a module a compiled function calls: label by path
+            root = type(module).__name__
+            for path, m in module.named_modules(remove_duplicate=False):
+                self._module_labels.setdefault(id(m), f"{root}.{path}" if path else root)
+        if id(module) in self._guarded_modules:
+            return
+        self._guarded_modules.add(id(module))
+        label, state = self._module_labels[id(module)], vars(module)
+        for key, value in state.items():
+            if not key.startswith("_") and isinstance(value, (bool, int, float, str, tuple, type(None), Tensor)):
+                self.guard(f"{label}.{key}", lambda key=key: _guard_value(state.get(key)))
+        for kind in ("_parameters", "_buffers"):
+            for key in state[kind]:
+                self.guard(f"{label}.{key}", lambda kind=kind, key=key: _guard_value(state[kind].get(key)))
+        hooks = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+        self.guard(f"{label}.hooks", lambda: tuple(tuple(state[h]) for h in hooks))
 
     def exit_module(self):
         self._scope_stack.pop()
+
+
+def _guard_value(value):
+    """Tensors are guarded by identity (their values are graph inputs), other values by equality."""
+    from ..tensor import Tensor
+
+    return f"<tensor at {id(value):#x}>" if isinstance(value, Tensor) else value

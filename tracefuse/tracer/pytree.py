@@ -14,6 +14,25 @@ TENSOR = "<tensor>"
 _PLAIN = (bool, int, float, complex, str, bytes, type(None), type(Ellipsis), slice, dtype, device)
 
 
+class Const:
+    """A plain Python value in a spec. Specs guard calls, so 1, 1.0 and True differ, and so do
+    0.0 and -0.0 (`==` would call them equal and replay a graph traced for the other)."""
+
+    __slots__ = ("value", "key")
+
+    def __init__(self, value):
+        self.value, self.key = value, (type(value), repr(value))
+
+    def __eq__(self, other):
+        return isinstance(other, Const) and self.key == other.key
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def __repr__(self):
+        return repr(self.value)
+
+
 def _is_namedtuple(x):
     return isinstance(x, tuple) and hasattr(type(x), "_fields")
 
@@ -35,7 +54,7 @@ def flatten(obj, leaves=None, path="L"):
         if isinstance(x, dict):
             return (dict, tuple((k, walk(v, f"{where}[{k!r}]")) for k, v in x.items()))
         if isinstance(x, _PLAIN):
-            return ("const", x)
+            return ("const", Const(x))
         return ("object", id(x))  # guarded by identity; a graph cannot return it
 
     spec = walk(obj, path)
@@ -51,7 +70,7 @@ def unflatten(spec, leaves):
             return next(it)
         kind, body = s
         if kind == "const":
-            return body
+            return body.value
         if kind == dict:
             return {k: build(v) for k, v in body}
         if isinstance(kind, type) and issubclass(kind, tuple) and hasattr(kind, "_fields"):

@@ -60,7 +60,15 @@ def run(captured, arg_leaves):
         saved = list(rest)
         differentiable = [user[i] for i in captured.diff_outputs]
         node = CompiledBackward(captured, live, saved, differentiable)
+        given = {id(t) for t in live.values()}
         for j, out in enumerate(differentiable):
+            if id(out) in given:
+                continue  # an argument or parameter returned as is stays the caller's tensor (a leaf),
+            given.add(id(out))  # and `return y, y` is one tensor with one grad_fn
             out.requires_grad = True
             out.grad_fn, out._output_nr = node, j
+    # An output the trace saw without grad but that is an input object (`return x.detach()` is
+    # x's value) is returned detached, as eager code returns it.
+    diff = set(captured.diff_outputs)
+    user = [t.detach() if i not in diff and t.requires_grad else t for i, t in enumerate(user)]
     return pytree.unflatten(captured.output_spec, user)

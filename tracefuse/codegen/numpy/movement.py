@@ -73,13 +73,24 @@ def _leading_block(x, shape, dim):
     return x[tuple(slice(None) if d == dim else slice(0, n) for d, n in enumerate(shape))]
 
 
+def _check_index_range(x, index, dim):
+    """gather/scatter take no negative indices. Checked here, in the implementation, so that a
+    compiled graph checks them on every call too (NumPy would wrap a -1 around silently)."""
+    size = x.shape[dim] if x.ndim else 1
+    bad = index[(index < 0) | (index >= size)]
+    if bad.size:
+        raise RuntimeError(f"index {int(bad.flat[0])} is out of bounds for dimension {dim} with size {size}")
+
+
 @register_impl("gather")
 def gather(x, index, *, dim):
+    _check_index_range(x, index, dim)
     return np.take_along_axis(_leading_block(x, index.shape, dim), index, axis=dim)
 
 
 @register_impl("scatter")
 def scatter(x, index, src, *, dim, reduce):
+    _check_index_range(x, index, dim)
     out = x.copy()
     grid = list(np.indices(index.shape, sparse=True))
     grid[dim] = index

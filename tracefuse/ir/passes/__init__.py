@@ -5,8 +5,9 @@ from .constant_fold import constant_fold
 from .cse import cse
 from .dead_code import dead_code
 from .elementwise_fusion import elementwise_fusion, groups, kernel_count
+from .gate_fusion import gate_fusion
 from .memory_plan import memory_plan
 from .rnn_loop_rolling import rnn_loop_rolling
 
-__all__ = ["clip_norm_fusion", "constant_fold", "cse", "dead_code", "elementwise_fusion", "groups",
+__all__ = ["clip_norm_fusion", "constant_fold", "cse", "dead_code", "elementwise_fusion", "gate_fusion", "groups",
            "kernel_count", "memory_plan", "rnn_loop_rolling"]

@@ -138,6 +138,8 @@ def _match_stacked_steps(graph, cat):
     layer = steps[0][0]
     if layer.op not in _LAYER_OPS or any(other is not layer for other, _ in steps):
         return None
+    if Ref(cat.name) in graph.outputs and Ref(layer.name) in graph.outputs:
+        return None  # both returned (y and h_n of a one-step layer): the call must return two tensors
     return (cat, layer) if [t for _, t in steps] == list(range(_shape(graph, Ref(layer.name))[0])) else None
 
 
