@@ -213,6 +213,8 @@ def test_hand_written_cells_become_one_node_and_match_eager(cell, kind, transpos
 
 @pytest.mark.parametrize("cell, kind, transposed, n_bias", CELLS, ids=[c[0].__name__ for c in CELLS])
 def test_gradients_through_compiled_hand_written_loops_match_eager(cell, kind, transposed, n_bias):
+    """(Today the backward graph is traced from the unfused forward, whose gate activations it saves,
+    so these forwards stay unfused: see the last test.)"""
     rng = np.random.default_rng(1)
     model = HandWritten(cell, _weights(rng, kind, transposed, n_bias, True), loop=True)
     compiled = tracefuse.compile(model)

@@ -226,7 +226,9 @@ class TraceContext:
 
 
 def _guard_value(value):
-    """Tensors are guarded by identity (their values are graph inputs), other values by equality."""
+    """Tensors are guarded by identity (their values are graph inputs), other values by typed
+    equality (1, 1.0 and True differ, as in argument specs)."""
     from ..tensor import Tensor
+    from .pytree import Const
 
-    return f"<tensor at {id(value):#x}>" if isinstance(value, Tensor) else value
+    return f"<tensor at {id(value):#x}>" if isinstance(value, Tensor) else Const(value)
