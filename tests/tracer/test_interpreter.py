@@ -223,7 +223,7 @@ def test_traced_and_optimized_graphs_give_the_same_results(name):
     state = {k: v.detach().numpy().copy() for k, v in inputs.items()}
     traced = captured.traced
     for graph in (traced, captured.forward, pipeline.optimize(traced, verify=True)):
-        outputs = interpreter.run(graph, inputs)
+        outputs = interpreter.run(graph, inputs)[:len(traced.outputs)]  # the forward adds saved activations
         if graph is traced:
             expected = outputs
             continue

@@ -1,9 +1,11 @@
 """Capture one call as IR: trace the forward, derive the backward, optimize both.
 
-The forward is traced by running the user's Python once on stand-ins of the call's tensors. When
-an output needs gradients, the backward graph is traced the same way by running the gradient
-rules of the op table (through the autograd engine) on the forward's recorded tensors; every
-forward value the backward reads becomes an extra forward output, the saved activations.
+The forward is traced by running the user's Python once on stand-ins of the call's tensors, and
+optimized. When an output needs gradients, autodiff works on the *optimized* forward, so fused
+nodes (scans, cells) are differentiated by their own gradient rules: the optimized forward is run
+once more under autograd while a second trace records it, then the backward graph is traced by
+running the op table's gradient rules through the autograd engine. Every forward value the
+backward reads becomes an extra forward output: the saved activations.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 
 from .. import autograd
 from ..creation import ones_like
+from ..codegen.numpy import interpreter
 from ..ir import pipeline
 from ..ir.graph import Graph
 from . import pytree
@@ -70,15 +73,49 @@ def capture(invoke, arguments, named_state, scopes) -> Captured:
                         grad_assignments=[(n, g is not None) for n, g in grads.items()], guards=ctx.guards)
     diff = [i for i, t in enumerate(out_leaves) if t.requires_grad]
     captured.diff_outputs = diff
-    # A function that ran backward() itself (a training step) returns plain values.
-    if diff and autograd.is_grad_enabled() and not ctx.ran_backward:
-        _capture_backward(captured, ctx, out_leaves, diff)
     captured.traced = graph  # optimize() works on a copy
     captured.log = pipeline.PassLog()
     captured.forward = pipeline.optimize(graph, log=captured.log)
-    if captured.backward is not None:
+    # A function that ran backward() itself (a training step) returns plain values.
+    if diff and autograd.is_grad_enabled() and not ctx.ran_backward:
+        if ctx.rewrote_leaf:
+            # Differentiate the eager trace itself: its autograd record knows the rewritten leaf.
+            _capture_backward(captured, ctx, out_leaves, diff)
+            forward = graph
+        else:
+            replay, outputs = _replay_under_autograd(captured.forward, ctx)
+            _capture_backward(captured, replay, outputs[:len(out_leaves)], diff)
+            forward = replay.graph
+        captured.forward = pipeline.optimize(forward, log=captured.log)
         captured.backward = pipeline.optimize(captured.backward, log=captured.log)
     return captured
+
+
+def _replay_under_autograd(graph, ctx):
+    """Run the optimized forward `graph` on the trace's inputs with autograd recording, while a
+    new trace records it: the backward is then derived from the ops the graph really runs."""
+    replay = TraceContext()
+    inputs = {}
+    with replay:
+        for node in graph.inputs():
+            kind = node.attrs["kind"]
+            if kind == "const":
+                replay.add_input(node.name, node.meta["value"], kind, value=node.meta["value"])
+            else:
+                inputs[node.name] = ctx.inputs[node.name]
+                replay.add_input(node.name, inputs[node.name], kind, **_input_meta(node))
+        outputs = interpreter.run(graph, inputs, record_autograd=True)
+        replay.graph.outputs = [replay.ref(o) for o in outputs]
+    # One recorded node per op the graph ran, in order: keep their scopes, sources and groups.
+    ran = [n for n in graph.nodes if n.op != "input"]
+    recorded = [n for n in replay.graph.nodes if n.op != "input"]
+    for old, new in zip(ran, recorded):
+        new.meta.update({k: v for k, v in old.meta.items() if k not in ("outputs", "free_after")})
+    return replay, outputs
+
+
+def _input_meta(node):
+    return {k: v for k, v in node.meta.items() if k not in ("outputs", "device", "scope")}
 
 
 def _placeholder_name(path):
@@ -123,10 +160,12 @@ def _capture_backward(captured, fwd_ctx, out_leaves, diff):
             node.attrs["kind"], node.meta["value"] = "const", tensor  # made by the rules from constants
             continue
         fwd_ref = ref[0]
-        if fwd_ref.index == 0 and fwd_ref.node in fwd_ctx.inputs:
+        if fwd_ref.index == 0 and fwd_ctx.graph.node(fwd_ref.node).attrs.get("kind") == "const":
+            node.attrs["kind"], node.meta["value"] = "const", tensor
+        elif fwd_ref.index == 0 and fwd_ref.node in fwd_ctx.inputs:
             node.attrs["kind"], node.meta["forward_input"] = "forward_input", fwd_ref.node
         else:
             node.attrs["kind"] = "saved"
-            captured.forward.outputs.append(fwd_ref)
+            fwd_ctx.graph.outputs.append(fwd_ref)
             saved.append(node.name)
     captured.backward, captured.diff_inputs, captured.diff_outputs, captured.saved = graph, diff_inputs, diff, saved

@@ -15,6 +15,7 @@ import threading
 
 import numpy as np
 
+from ..autograd import is_grad_enabled
 from ..ir.graph import Graph, Ref
 
 _state = threading.local()
@@ -62,6 +63,7 @@ class TraceContext:
         self._grads_before: dict[str, object] = {}  # input name -> its .grad when the trace met it
         self.guards: list = []  # (label, read current value, value while tracing)
         self.ran_backward = False
+        self.rewrote_leaf = False
         self.mutations: dict[str, Ref] = {}  # placeholder name -> Ref of its value after the call
         self.value_guards: dict[str, list] = {}  # int argument name -> its values, read while tracing
 
@@ -76,9 +78,9 @@ class TraceContext:
         _state.trace = None
 
     # --- binding tensors to graph values --------------------------------------------------------
-    def add_input(self, name, tensor, kind):
+    def add_input(self, name, tensor, kind, **meta):
         ref = self.graph.add_input(name, tensor.shape, tensor.dtype, kind=kind, device=str(tensor.device),
-                                   scope=self.scope())
+                                   scope=self.scope(), **meta)
         # Integer arguments and captured integer tensors may steer Python (lengths, indices): their
         # values become guards. Parameters, buffers and float data may not.
         static = kind in ("arg", "lifted") and not tensor.dtype.is_floating_point
@@ -145,6 +147,10 @@ class TraceContext:
         if name is not None:
             self.mutations[name] = ref
             self._originals.setdefault(name, tensor._data.copy())
+            if tensor.requires_grad and not is_grad_enabled():
+                # A leaf rewritten without autograd (Embedding's max_norm) keeps its identity for
+                # autograd in eager code; a graph of values cannot say so (see capture.py).
+                self.rewrote_leaf = True
             for owner, t in self.inputs.items():
                 if t.requires_grad and t._grad is tensor:
                     self._guard_grad(owner, t)

@@ -7,6 +7,8 @@ and the user's source line, as torch.fx's Interpreter does.
 """
 from __future__ import annotations
 
+import contextlib
+
 from ...autograd import no_grad
 from ...dispatch import dispatch
 from ...ir.graph import PLACEHOLDER, Ref
@@ -16,11 +18,13 @@ class GraphExecutionError(RuntimeError):
     """An op failed while a compiled graph ran; the message names the node and source line."""
 
 
-def run(graph, inputs: dict):
+def run(graph, inputs: dict, record_autograd=False):
     """Evaluate `graph` on `inputs` (placeholder name -> Tensor); returns its outputs as a list.
 
     Placeholders missing from `inputs` take their `meta["value"]` (constants). Values are dropped
-    after the node the memory plan (`meta["free_after"]`) names as their last reader."""
+    after the node the memory plan (`meta["free_after"]`) names as their last reader. With
+    `record_autograd` the ops are recorded for autograd like eager ones (the tracer uses this to
+    differentiate an optimized graph)."""
     env = {}
 
     def value(x):
@@ -29,7 +33,7 @@ def run(graph, inputs: dict):
             return v[x.index] if isinstance(v, tuple) else v
         return x
 
-    with no_grad():
+    with contextlib.nullcontext() if record_autograd else no_grad():
         for node in graph.nodes:
             if node.op == PLACEHOLDER:
                 env[node.name] = inputs[node.name] if node.name in inputs else node.meta["value"]
