@@ -284,6 +284,11 @@ class AccumulateGrad(Node):
         if not is_grad_enabled():
             g = g.detach()
         # Through tensor ops (not raw storage writes), so a compiled training step captures them.
+        from .tracer import context
+
+        trace = context.current()
+        if trace is not None:
+            trace.grad_accumulated(var)
         if var.grad is None:
             var.grad = g if is_grad_enabled() else g.clone()
         elif is_grad_enabled():

@@ -307,6 +307,9 @@ class Tensor:
                     f"grad_dtype '{_TYPE_NAMES[self.dtype.name]}'. The gradient must match the tensor's grad_dtype "
                     "(defaults to the tensor's dtype)."
                 )
+        trace = _trace.current()
+        if trace is not None:
+            trace.grad_written(self)
         self._grad = value
 
     def _accumulator(self):

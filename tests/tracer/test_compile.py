@@ -335,3 +335,63 @@ def test_constants_that_compare_equal_but_differ_retrace():
     ones = tracefuse.ones(2)
     assert (ones / scaled(ones, 0.0)).tolist() == [float("inf")] * 2
     assert (ones / scaled(ones, -0.0)).tolist() == [float("-inf")] * 2
+
+
+def test_gradients_accumulate_across_compiled_steps_without_zero_grad():
+    tracefuse.manual_seed(6)
+    model, twin = nn.Linear(3, 2).double(), nn.Linear(3, 2).double()
+    twin.load_state_dict(model.state_dict())
+
+    @tracefuse.compile
+    def step(x):
+        loss = model(x).pow(2).sum()
+        loss.backward()
+        return loss
+
+    for _ in range(4):
+        x = tracefuse.randn(4, 3, dtype=tracefuse.float64)
+        step(x)
+        twin(x).pow(2).sum().backward()
+        np.testing.assert_allclose(model.weight.grad.numpy(), twin.weight.grad.numpy(), rtol=1e-12)
+    assert re.fullmatch(r"guard failed: \w+\.grad is None: True -> False", str(compiled_callable(step).recompiles[0]))
+
+
+def test_view_taken_before_an_in_place_update_is_refused():
+    @tracefuse.compile
+    def stale(x):
+        v = x[0]
+        x.add_(1)
+        return v * 1
+
+    with pytest.raises(TracingError, match="updated in place after it was made"):
+        stale(tracefuse.zeros(2, 2))
+
+
+def test_in_place_updates_through_aliases_and_aliased_arguments():
+    @tracefuse.compile
+    def through_detach(x):
+        x.detach().add_(1)
+        return x * 1
+
+    a = tracefuse.zeros(2)
+    for expected in (1.0, 2.0, 3.0):
+        assert through_detach(a).tolist() == [expected] * 2 and a.tolist() == [expected] * 2
+
+    @tracefuse.compile
+    def two(a, b):
+        a.add_(1)
+        return b * 2
+
+    x, y, z = tracefuse.zeros(2), tracefuse.zeros(2), tracefuse.zeros(2)
+    assert two(x, x).tolist() == [2.0, 2.0]
+    assert two(y, z).tolist() == [0.0, 0.0] and y.tolist() == [1.0, 1.0]
+    assert str(compiled_callable(two).recompiles[-1]).startswith("guard failed: argument aliasing")
+
+
+def test_results_that_view_a_folded_constant_are_fresh_tensors():
+    @tracefuse.compile
+    def with_constant(x):
+        return x + 1, tracefuse.zeros(2, 2)[0]
+
+    with_constant(tracefuse.ones(1))[1].add_(5)
+    assert with_constant(tracefuse.ones(1))[1].tolist() == [0.0, 0.0]

@@ -105,10 +105,8 @@ class Optimizer:
         """Reset the gradients of all optimized tensors (to None by default, else to zeros)."""
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if set_to_none:
-                    p.grad = None
+                if set_to_none or p.grad is None:
+                    p.grad = None  # also when already None: a compiled step then knows it is None
                     continue
                 if p.grad.grad_fn is not None:
                     p.grad.detach_()

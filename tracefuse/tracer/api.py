@@ -14,6 +14,8 @@ import warnings
 import weakref
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .. import autograd
 from . import dump, pytree, runner
 from .capture import capture
@@ -80,6 +82,10 @@ class CompiledCallable:
             guards[f"{path}.dtype"] = t.dtype
             guards[f"{path}.device"] = str(t.device)
             guards[f"{path}.requires_grad"] = t.requires_grad
+        # Arguments that share memory (the same tensor passed twice) trace differently: an
+        # in-place update of one is seen through the other.
+        guards["argument aliasing"] = tuple((i, j) for i in range(len(leaves)) for j in range(i)
+                                             if np.may_share_memory(leaves[i]._data, leaves[j]._data))
         if self.module is not None:
             for name, m in self.module.named_modules():
                 guards[f"{name or 'self'}.training"] = m.training

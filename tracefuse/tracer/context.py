@@ -47,6 +47,12 @@ def user_source(skip_package=True) -> str | None:
     return None
 
 
+def _same_layout(a, b):
+    """Two tensors that view the same elements the same way."""
+    ia, ib = a._data.__array_interface__, b._data.__array_interface__
+    return ia["data"][0] == ib["data"][0] and a._data.shape == b._data.shape and a._data.strides == b._data.strides
+
+
 class TraceContext:
     """Records dispatched ops into `graph`; entered with `with TraceContext(...):`."""
 
@@ -64,6 +70,8 @@ class TraceContext:
         self.guards: list = []  # (label, read current value, value while tracing)
         self.ran_backward = False
         self.rewrote_leaf = False
+        self._stale: set[int] = set()
+        self._grad_touched: set[int] = set()  # ids of tensors whose .grad the trace has set or decided on  # ids of traced views whose storage was since written in place
         self.mutations: dict[str, Ref] = {}  # placeholder name -> Ref of its value after the call
         self.value_guards: dict[str, list] = {}  # int argument name -> its values, read while tracing
 
@@ -97,6 +105,11 @@ class TraceContext:
         """The graph value of `tensor`; a tensor from outside the trace is lifted as a live input."""
         bound = self._bound.get(id(tensor))
         if bound is not None and bound[1] is tensor:
+            if id(tensor) in self._stale:
+                raise TracingError(
+                    f"tracefuse.compile: a tensor used at {user_source()} shares memory with one that was updated "
+                    "in place after it was made (a view or an alias taken before the update); a graph cannot "
+                    "follow that. Take the view after the update, or clone() before updating.")
             return bound[0]
         name = f"lifted_{len(self.inputs)}"
         return self.add_input(name, tensor, "lifted")
@@ -143,6 +156,12 @@ class TraceContext:
             # updates in place): lifted, so that the graph writes the update back
         ref = self.ref(result)
         self._bound[id(tensor)] = (ref, tensor, self._sources(result))
+        for other in self._sharing_memory_with(tensor):
+            if _same_layout(other, tensor):  # an alias (detach(), .data, the same argument twice)
+                self._bound[id(other)] = (ref, other, self._sources(result))
+                self.assigned_alias(other, ref)
+            else:
+                self._stale.add(id(other))
         name = self._input_names.get(id(tensor))
         if name is not None:
             self.mutations[name] = ref
@@ -154,6 +173,32 @@ class TraceContext:
             for owner, t in self.inputs.items():
                 if t.requires_grad and t._grad is tensor:
                     self._guard_grad(owner, t)
+
+    def _sharing_memory_with(self, tensor):
+        return [t for _, t, _ in list(self._bound.values())
+                if t is not tensor and np.may_share_memory(t._data, tensor._data)]
+
+    def assigned_alias(self, alias, ref):
+        """An input written through an alias of it is an input mutation like any other."""
+        name = self._input_names.get(id(alias))
+        if name is not None:
+            self.mutations[name] = ref
+            self._originals.setdefault(name, alias._data.copy())
+
+    def grad_written(self, tensor):
+        """`tensor.grad` is assigned (zero_grad, the engine): later code no longer depends on the
+        .grad the call started with."""
+        self._grad_touched.add(id(tensor))
+
+    def grad_accumulated(self, tensor):
+        """backward() is about to assign or accumulate into `tensor.grad`, as it is None or not.
+        Unless the traced code set that .grad itself first, this depends on the state before the
+        call: guard it."""
+        if id(tensor) in self._grad_touched:
+            return
+        self._grad_touched.add(id(tensor))
+        label = f"{self._input_names.get(id(tensor)) or self.ref(tensor).node}.grad is None"
+        self.guards.append((label, lambda: tensor._grad is None, tensor._grad is None))
 
     def _guard_grad(self, name, tensor):
         """The graph updates `tensor.grad` in place (zero_grad(set_to_none=False), accumulation): it

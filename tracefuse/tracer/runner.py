@@ -48,7 +48,9 @@ def run(captured, arg_leaves):
     live.update(zip(captured.arg_names, arg_leaves))
     outputs = interpreter.run(captured.forward, live)
     n = captured.n_user_outputs
-    user = outputs[:n]
+    constants = [node.meta["value"]._data for node in captured.forward.inputs() if node.attrs["kind"] == "const"]
+    # A result that views a constant of the graph is copied: the caller may write to it.
+    user = [o.clone() if any(np.may_share_memory(o._data, c) for c in constants) else o for o in outputs[:n]]
     rest = iter(outputs[n:])
     for name in captured.mutated:
         target = live[name]

@@ -355,10 +355,8 @@ class Module:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.parameters():
-            if p.grad is None:
-                continue
-            if set_to_none:
-                p.grad = None
+            if set_to_none or p.grad is None:
+                p.grad = None  # also when already None: a compiled step then knows it is None
             else:
                 if p.grad.grad_fn is not None:
                     p.grad.detach_()
