@@ -395,3 +395,17 @@ def test_results_that_view_a_folded_constant_are_fresh_tensors():
 
     with_constant(tracefuse.ones(1))[1].add_(5)
     assert with_constant(tracefuse.ones(1))[1].tolist() == [0.0, 0.0]
+
+
+def test_compiled_backward_checks_inputs_were_not_modified_and_refuses_double_backward():
+    model = nn.Linear(3, 2).double()
+    compiled = tracefuse.compile(model)
+    x = tracefuse.randn(2, 3, dtype=tracefuse.float64)
+    out = compiled(x)
+    x.mul_(2)  # the weight's gradient reads x
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+    x.requires_grad_(True)
+    loss = compiled(x).pow(2).sum()
+    with pytest.raises(RuntimeError, match="double backward .* through a compiled call is not supported"):
+        tracefuse.autograd.grad(loss, x, create_graph=True)

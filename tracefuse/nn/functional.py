@@ -15,6 +15,7 @@ from .. import dtypes
 from ..autograd import no_grad
 from ..creation import arange, tensor as _as_tensor
 from ..dispatch import dispatch
+from ..ir.shapes import window_output_size
 from ..tensor import _TYPE_NAMES, _normalize_dim, broadcast_shapes
 
 __all__ = [
@@ -345,7 +346,6 @@ def _pool2d_args(fn, kernel_size, stride, padding, dilation=1):
 
 def _check_pool2d(x, kernel, stride, padding, dilation, ceil_mode, nd):
     """pool2d_shape_check on the (N, C, H, W) form; `nd` trailing dims are the real spatial ones."""
-    from ..codegen.numpy.nn import output_size
 
     if any(s == 0 for s in stride):
         raise RuntimeError("stride should not be zero")
@@ -364,7 +364,8 @@ def _check_pool2d(x, kernel, stride, padding, dilation, ceil_mode, nd):
         raise RuntimeError(f"pad should be smaller than or equal to half of kernel size, but got padW = {padding[1]}, "
                            f"padH = {padding[0]}, kW = {kernel[1]}, kH = {kernel[0]}")
     spatial = x.shape[-2:] if nd == 2 else (1, x.shape[-1])
-    out = [output_size(n, k, s, p, d, ceil_mode) for n, k, s, p, d in zip(spatial, kernel, stride, padding, dilation)]
+    out = [window_output_size(n, k, s, p, d, ceil_mode)
+           for n, k, s, p, d in zip(spatial, kernel, stride, padding, dilation)]
     if any(o < 1 for o in out):
         planes = x.shape[-nd - 1]
         raise RuntimeError(f"Given input size: ({planes}x{spatial[0]}x{spatial[1]}). Calculated output size: "
@@ -415,7 +416,6 @@ def _max_pool1d_args(kernel_size, stride, padding, dilation):
 
 
 def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
-    from ..codegen.numpy.nn import output_size
 
     if return_indices:
         _check_pool_input_dims("max_pool1d", input, 1)
@@ -427,7 +427,7 @@ def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
             raise RuntimeError("max_pool1d: Expected 2D or 3D (batch mode) tensor with optional 0 dim batch size "
                                f"for input, but got:{list(input.shape)}")
         k, s, p, d = _max_pool1d_args(kernel_size, stride, padding, dilation)
-        out = output_size(input.shape[-1], k, s, p, d, ceil_mode)
+        out = window_output_size(input.shape[-1], k, s, p, d, ceil_mode)
         if out < 1:
             raise RuntimeError(f"max_pool1d() Invalid computed output size: {out}")
     values, indices = dispatch("max_pool", input, kernel_size=(k,), stride=(s,), padding=(p,), dilation=(d,),

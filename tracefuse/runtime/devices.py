@@ -1,23 +1,15 @@
-"""Device backends. The CPU runs NumPy directly; CUDA devices need a backend (cuda-python on a
-real GPU, or Triton's interpreter on host memory), which later stages register here."""
+"""Devices. The CPU runs NumPy directly. CUDA devices need the runtime's CUDA backend
+(cuda-python on a real GPU, or Triton's interpreter on host memory), which this version of
+tracefuse does not have yet: every request for one ends in `backend`'s clear error."""
 from __future__ import annotations
-
-_BACKENDS: dict[str, object] = {}
-
-
-def register_backend(device_type: str, backend) -> None:
-    _BACKENDS[device_type] = backend
 
 
 def backend(device):
-    """The backend that owns `device`; a clear RuntimeError when none is available."""
-    found = _BACKENDS.get(device.type)
-    if found is None:
-        raise RuntimeError(
-            f"Cannot use device '{device}': no CUDA backend is available in this build of tracefuse "
-            "(no GPU runtime has been initialised). Use the 'cpu' device."
-        )
-    return found
+    """The backend that owns a non-CPU `device`: none yet, so a RuntimeError saying so."""
+    raise RuntimeError(
+        f"Cannot use device '{device}': no CUDA backend is available in this build of tracefuse "
+        "(no GPU runtime has been initialised). Use the 'cpu' device."
+    )
 
 
 def cuda_device_count() -> int:

@@ -205,7 +205,12 @@ def _options(backend, fullgraph, dynamic, fallback, options):
 def compile(obj=None, *, backend="auto", fullgraph=True, dynamic=False, fallback="error", options=None):
     """Compile a module instance, a module class or a function; usable as a decorator with or
     without arguments. Compiled modules share the original's parameters, buffers, state_dict,
-    train/eval and hooks (they are the same object's state)."""
+    train/eval and hooks (they are the same object's state).
+
+    The code is traced once per guard set (see the module docstring). Like any tracing compiler,
+    it records what the Python code did, not how: plain Python values it reads from globals or
+    closures (a scale factor, a flag) are baked into the graph and not guarded — pass them as
+    arguments, or keep them in a module, whose attributes are guarded."""
     opts = _options(backend, fullgraph, dynamic, fallback, options)
     if obj is None:
         return lambda o: compile(o, backend=backend, fullgraph=fullgraph, dynamic=dynamic, fallback=fallback,

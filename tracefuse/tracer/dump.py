@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..ir import pipeline
+
 DUMP_KINDS = ("graph", "optimized", "kernels", "guards")
 
 
@@ -37,11 +39,9 @@ class ExplainReport:
 
 
 def report(compiled, entry) -> ExplainReport:
-    from ..ir.passes.elementwise_fusion import kernel_count
-
     c = entry.captured
     return ExplainReport(c.traced, c.forward, c.backward, {}, dict(entry.guards), list(compiled.fallbacks),
-                         list(compiled.recompiles), c.log, kernel_count(c.forward))
+                         list(compiled.recompiles), c.log, pipeline.kernel_count(c.forward))
 
 
 def explain(obj, *args, **kwargs) -> ExplainReport:
@@ -71,8 +71,6 @@ def maybe_dump(compiled, entry) -> None:
         raise ValueError(f"TRACEFUSE_DUMP: unknown kind(s) {sorted(unknown)}; choose from {', '.join(DUMP_KINDS)}")
     if "all" in wanted:
         wanted = list(DUMP_KINDS)
-    from ..ir.passes.elementwise_fusion import groups
-
     rep = report(compiled, entry)
     name = type(compiled.module).__name__ if compiled.module is not None else compiled.fn.__qualname__
     folder = Path(os.environ.get("TRACEFUSE_DUMP_DIR", "tracefuse_dump")) / f"{name}_{len(compiled.entries)}"
@@ -82,7 +80,7 @@ def maybe_dump(compiled, entry) -> None:
         (folder / "graph.dot").write_text(rep.graph.to_dot() + "\n")
     if "optimized" in wanted:
         (folder / "optimized.txt").write_text(str(rep.optimized) + "\n")
-        (folder / "optimized.dot").write_text(rep.optimized.to_dot(groups=groups(rep.optimized)) + "\n")
+        (folder / "optimized.dot").write_text(rep.optimized.to_dot(groups=pipeline.groups(rep.optimized)) + "\n")
         (folder / "optimized.json").write_text(rep.optimized.to_json() + "\n")
         (folder / "passes.txt").write_text(str(rep.passes) + "\n")
         if rep.backward is not None:

@@ -17,6 +17,9 @@ class CompiledBackward(autograd.Node):
         inputs = [live[name] for name in captured.diff_inputs]
         super().__init__([autograd.gradient_edge(t) for t in inputs], n_outputs=len(outputs))
         self.captured, self.saved_values, self.live = captured, saved_values, live
+        # The backward reads these forward inputs live: as saved tensors, they must be unchanged.
+        self.saved_inputs = [autograd.SavedTensor(live[node.meta["forward_input"]], self)
+                             for node in captured.backward.inputs() if "forward_input" in node.meta]
         self.input_meta = [(t.shape, t.dtype) for t in inputs]
         self.needs_input_grad = (True,) * len(inputs)
         self.output_meta = [(o.shape, o.dtype) for o in outputs]
@@ -30,6 +33,11 @@ class CompiledBackward(autograd.Node):
     def apply(self, grads):
         if self.saved_values is None:
             raise RuntimeError(autograd._FREED)
+        if autograd.is_grad_enabled():
+            raise RuntimeError("tracefuse.compile: double backward (create_graph=True) through a compiled call is "
+                               "not supported yet; call the model uncompiled for higher-order gradients")
+        for saved in self.saved_inputs:
+            saved.unpack()  # raises PyTorch's error if the input was modified in place since
         c = self.captured
         inputs = dict(zip(c.saved, self.saved_values))
         for k, g, (shape, dtype) in zip(c.diff_outputs, grads, self.output_meta):

@@ -15,6 +15,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ...ir.ops import register_impl
+from ...ir.shapes import window_output_size
 
 # --- softmax family ------------------------------------------------------------------------------
 
@@ -81,15 +82,6 @@ def embedding_backward(grad, indices, *, num_weights, padding_idx):
 # --- windows shared by convolution and pooling ---------------------------------------------------
 
 
-def output_size(size, kernel, stride, padding, dilation, ceil_mode=False):
-    """Output length of one spatial dim (PyTorch's pooling_output_shape; conv is ceil_mode=False)."""
-    span = dilation * (kernel - 1) + 1
-    out = (size + 2 * padding - span + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + padding:
-        out -= 1  # the last window must start inside the input or its left padding
-    return out
-
-
 def _pad_for_windows(x, out_sizes, kernel, stride, padding, dilation, value):
     """x padded on its spatial dims so that `out_sizes` windows fit (ceil_mode may need extra on the right)."""
     nd = len(kernel)
@@ -113,7 +105,7 @@ def _windows(xp, out_sizes, kernel, stride, dilation):
 
 
 def _out_sizes(spatial, kernel, stride, padding, dilation, ceil_mode=False):
-    return tuple(output_size(n, k, s, p, d, ceil_mode)
+    return tuple(window_output_size(n, k, s, p, d, ceil_mode)
                  for n, k, s, p, d in zip(spatial, kernel, stride, padding, dilation))
 
 
