@@ -65,6 +65,20 @@ def assert_same(ours, theirs, rtol=None, atol=None, check_dtype=True):
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, equal_nan=True, check_dtype=False)
 
 
+def raised(fn):
+    """(exception type name, message with torch's names spelled tracefuse) of what `fn()` raises."""
+    with pytest.raises(Exception) as info:
+        fn()
+    return type(info.value).__name__, str(info.value).replace("torch", "tracefuse")
+
+
+def same_error(fn):
+    """`fn(lib)` raises the same exception type and message with torch and with tracefuse."""
+    ours, theirs = raised(lambda: fn(tracefuse)), raised(lambda: fn(torch))
+    assert ours == theirs
+    return ours
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

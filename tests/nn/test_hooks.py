@@ -4,19 +4,7 @@ import pytest
 import torch
 
 import tracefuse
-from tests.conftest import assert_same
-
-
-def raised(fn):
-    with pytest.raises(Exception) as info:
-        fn()
-    return type(info.value).__name__, str(info.value).replace("torch", "tracefuse")
-
-
-def same_error(fn):
-    ours, theirs = raised(lambda: fn(tracefuse)), raised(lambda: fn(torch))
-    assert ours == theirs
-    return ours
+from tests.conftest import assert_same, same_error
 
 
 def classes(lib):

@@ -12,23 +12,9 @@ import pytest
 import torch
 
 import tracefuse
-from tests.conftest import assert_same
+from tests.conftest import assert_same, same_error
 
 LIBS = (torch, tracefuse)
-
-
-def raised(fn):
-    """(exception type, message with torch's names as tracefuse's) of what `fn()` raises."""
-    with pytest.raises(Exception) as info:
-        fn()
-    return type(info.value).__name__, str(info.value).replace("torch", "tracefuse")
-
-
-def same_error(fn):
-    """`fn(lib)` raises the same exception type and message with torch and with tracefuse."""
-    ours, theirs = raised(lambda: fn(tracefuse)), raised(lambda: fn(torch))
-    assert ours == theirs
-    return ours
 
 
 def classes(lib):

@@ -61,7 +61,26 @@ class _Indexed(Module):
         return [key for key in super().__dir__() if not key.isdigit()]
 
 
-class Sequential(_Indexed):
+class _IndexedModules(_Indexed):
+    """Sequential and ModuleList: modules addressed by position, renumbered after a deletion."""
+
+    def __setitem__(self, idx, module) -> None:
+        setattr(self, self._key_at(idx), module)
+
+    def __delitem__(self, idx) -> None:
+        keys = list(self._modules)[idx] if isinstance(idx, slice) else [self._key_at(idx)]
+        for key in keys:
+            delattr(self, key)
+        self._modules = _renumbered(self._modules)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+
+class Sequential(_IndexedModules):
     """Modules applied one after another; built from positional modules or an OrderedDict."""
 
     def __init__(self, *args):
@@ -80,21 +99,6 @@ class Sequential(_Indexed):
         if isinstance(idx, slice):
             return type(self)(OrderedDict(list(self._modules.items())[idx]))
         return self._modules[self._key_at(idx)]
-
-    def __setitem__(self, idx, module) -> None:
-        setattr(self, self._key_at(idx), module)
-
-    def __delitem__(self, idx) -> None:
-        keys = list(self._modules)[idx] if isinstance(idx, slice) else [self._key_at(idx)]
-        for key in keys:
-            delattr(self, key)
-        self._modules = _renumbered(self._modules)
-
-    def __len__(self) -> int:
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
 
     def _check_sequential(self, other):
         if not isinstance(other, Sequential):
@@ -157,7 +161,7 @@ class Sequential(_Indexed):
         return input
 
 
-class ModuleList(_Indexed):
+class ModuleList(_IndexedModules):
     """A list of registered modules (indexable, sliceable, iterable); it has no forward."""
 
     def __init__(self, modules=None):
@@ -172,21 +176,6 @@ class ModuleList(_Indexed):
         if isinstance(idx, slice):
             return type(self)(list(self._modules.values())[idx])
         return self._modules[self._key_at(idx)]
-
-    def __setitem__(self, idx, module) -> None:
-        setattr(self, self._key_at(idx), module)
-
-    def __delitem__(self, idx) -> None:
-        keys = [str(k) for k in range(len(self._modules))[idx]] if isinstance(idx, slice) else [self._key_at(idx)]
-        for key in keys:
-            delattr(self, key)
-        self._modules = _renumbered(self._modules)
-
-    def __len__(self) -> int:
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
 
     def __iadd__(self, modules) -> "ModuleList":
         return self.extend(modules)
