@@ -58,39 +58,18 @@ def _probe_cuda_python() -> str:
     return "not importable (" + "; ".join(errors) + ")"
 
 
-def _driver_api():
-    try:
-        from cuda.bindings import driver
-    except ImportError:
-        from cuda import cuda as driver  # cuda-python < 12.6
-    return driver
-
-
 def _probe_cuda_driver() -> str:
     """Ask the CUDA driver API (through cuda-python) for the visible GPUs."""
+    from .runtime.devices import cuda_gpus
+
     try:
-        driver = _driver_api()
-    except Exception as exc:  # noqa: BLE001
+        version, names = cuda_gpus()
+    except ImportError as exc:
         return f"unknown: cuda-python not importable ({_one_line(exc)})"
-    try:
-        ok = driver.CUresult.CUDA_SUCCESS
-
-        def check(result):
-            err, *values = result
-            if err != ok:
-                raise RuntimeError(getattr(err, "name", str(err)))
-            return values[0] if len(values) == 1 else values
-
-        check(driver.cuInit(0))
-        drv = check(driver.cuDriverGetVersion())
-        gpus = []
-        for ordinal in range(check(driver.cuDeviceGetCount())):
-            dev = check(driver.cuDeviceGet(ordinal))
-            name = bytes(check(driver.cuDeviceGetName(256, dev))).split(b"\0", 1)[0].decode()
-            gpus.append(f"cuda:{ordinal} {name}")
-    except Exception as exc:  # noqa: BLE001
+    except RuntimeError as exc:
         return f"no CUDA driver ({_one_line(exc)})"
-    summary = f"driver {drv // 1000}.{drv % 1000 // 10}, {len(gpus)} GPU(s)"
+    summary = f"driver {version // 1000}.{version % 1000 // 10}, {len(names)} GPU(s)"
+    gpus = [f"cuda:{i} {name}" for i, name in enumerate(names)]
     return "; ".join([summary, *gpus]) if gpus else f"{summary}: no GPU visible"
 
 

@@ -12,17 +12,40 @@ def backend(device):
     )
 
 
-def cuda_device_count() -> int:
-    """GPUs the CUDA driver reports; 0 without a driver or without cuda-python."""
+def _driver_api():
     try:
         from cuda.bindings import driver
     except ImportError:
-        return 0
-    try:
-        (err,) = driver.cuInit(0)
+        from cuda import cuda as driver  # cuda-python < 12.6
+    return driver
+
+
+def cuda_gpus() -> tuple[int, list[str]]:
+    """(CUDA driver version, names of the visible GPUs), asked through cuda-python's driver API.
+    Raises ImportError without cuda-python and RuntimeError (naming the call) without a driver."""
+    driver = _driver_api()
+
+    def check(call, *args):
+        try:
+            err, *values = getattr(driver, call)(*args)
+        except Exception as exc:  # a missing libcuda surfaces as various loader errors
+            raise RuntimeError(f"{call}: {type(exc).__name__}: {exc}") from exc
         if err != driver.CUresult.CUDA_SUCCESS:
-            return 0
-        err, count = driver.cuDeviceGetCount()
-        return count if err == driver.CUresult.CUDA_SUCCESS else 0
-    except Exception:  # a missing libcuda surfaces as various loader errors
+            raise RuntimeError(f"{call}: {getattr(err, 'name', err)}")
+        return values[0] if len(values) == 1 else values
+
+    check("cuInit", 0)
+    version = check("cuDriverGetVersion")
+    names = []
+    for ordinal in range(check("cuDeviceGetCount")):
+        device = check("cuDeviceGet", ordinal)
+        names.append(bytes(check("cuDeviceGetName", 256, device)).split(b"\0", 1)[0].decode())
+    return version, names
+
+
+def cuda_device_count() -> int:
+    """GPUs the CUDA driver reports; 0 without a driver or without cuda-python."""
+    try:
+        return len(cuda_gpus()[1])
+    except (ImportError, RuntimeError):
         return 0
