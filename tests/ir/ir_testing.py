@@ -1,4 +1,4 @@
-"""Helpers for IR tests: build graphs by hand and evaluate them with a minimal reference evaluator."""
+"""Helpers for IR tests: build graphs by hand and evaluate them with the NumPy interpreter."""
 from __future__ import annotations
 
 from collections import Counter
@@ -6,9 +6,9 @@ from collections import Counter
 import numpy as np
 
 import tracefuse
-from tracefuse.dispatch import dispatch
+from tracefuse.codegen.numpy import interpreter
 from tracefuse.ir import ops
-from tracefuse.ir.graph import PLACEHOLDER, Ref
+from tracefuse.ir.graph import Ref
 from tracefuse.ir.rewrite import infer_outputs
 
 
@@ -22,23 +22,8 @@ def add(graph, op, *inputs, **attrs):
 
 
 def evaluate(graph, inputs):
-    """The graph's outputs on `inputs` (placeholder name -> Tensor; consts read meta['value']):
-    every node run in graph order through the dispatcher, nothing freed."""
-    env = {}
-
-    def value(x):
-        if not isinstance(x, Ref):
-            return x
-        v = env[x.node]
-        return v[x.index] if isinstance(v, tuple) else v
-
-    with tracefuse.no_grad():
-        for node in graph.nodes:
-            if node.op == PLACEHOLDER:
-                env[node.name] = inputs[node.name] if node.attrs["kind"] != "const" else node.meta["value"]
-            else:
-                env[node.name] = dispatch(node.op, *[value(x) for x in node.inputs], **node.attrs)
-    return [value(r) for r in graph.outputs]
+    """The graph's outputs on `inputs` (placeholder name -> Tensor; consts read meta['value'])."""
+    return interpreter.run(graph, inputs)
 
 
 def random_inputs(graph, seed=0):
