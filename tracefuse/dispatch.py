@@ -12,6 +12,7 @@ from . import autograd, dtypes
 from . import tensor as _tensor
 from .codegen import numpy as _numpy_backend  # noqa: F401  (registers the NumPy implementations)
 from .device import as_device
+from .ir import infer as _infer
 from .ir import ops as _ops
 from .runtime import devices as _devices
 from .tracer import context as _trace
@@ -57,25 +58,8 @@ def _common_device(tensors, attrs):
 
 
 def _result_dtype(op, inputs, attrs):
-    rule = op.dtype_rule
     Tensor = _tensor.Tensor
-    if rule in ("promote", "float", "bool"):
-        operands = [(x.dtype, x.ndim) if isinstance(x, Tensor) else x
-                    for i, x in enumerate(inputs) if i not in op.keep_inputs and x is not None]
-        result = dtypes.result_type(operands)
-        if rule == "float" and not result.is_floating_point:
-            result = dtypes.get_default_dtype()
-        return result
-    if rule == "same":
-        return inputs[0].dtype
-    if rule == "sum":
-        d = inputs[0].dtype
-        return d if d.is_floating_point else dtypes.int64
-    if rule == "index":
-        return dtypes.int64
-    if rule == "attr":
-        return attrs["dtype"]
-    return None  # custom: the implementation decides
+    return _infer.result_dtype(op, [(x.dtype, x.ndim) if isinstance(x, Tensor) else x for x in inputs], attrs)
 
 
 def _arguments(op, inputs, out_dtype):

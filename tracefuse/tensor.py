@@ -17,6 +17,7 @@ from . import autograd, dtypes
 from ._tensor_str import tensor_repr
 from .device import CPU, as_device
 from .dispatch import dispatch
+from .ir import shapes as _shapes
 from .ir.ops import TensorSlot
 from .tracer import context as _trace
 
@@ -101,19 +102,7 @@ def _shape_arg(args):
 
 def broadcast_shapes(*shapes):
     """The broadcast of `shapes`, with PyTorch's error when they don't broadcast."""
-    ndim = max((len(s) for s in shapes), default=0)
-    out = [1] * ndim
-    for shape in shapes:
-        for i, n in reversed(list(enumerate(shape, start=ndim - len(shape)))):  # PyTorch checks trailing dims first
-            if n != 1:
-                if out[i] != 1 and out[i] != n:
-                    a, b = out[i], n
-                    raise RuntimeError(
-                        f"The size of tensor a ({a}) must match the size of tensor b ({b}) "
-                        f"at non-singleton dimension {i}"
-                    )
-                out[i] = n
-    return Size(out)
+    return Size(_shapes.broadcast(*shapes))
 
 
 def _can_cast(src: dtypes.dtype, dst: dtypes.dtype) -> bool:

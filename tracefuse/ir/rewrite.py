@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .graph import PLACEHOLDER, Graph, Ref
+from .infer import infer
 
 logger = logging.getLogger("tracefuse.passes")
 
@@ -92,17 +93,11 @@ def run_op(op, args, attrs) -> tuple:
 
 
 def infer_outputs(graph: Graph, op, inputs, attrs) -> list:
-    """`meta["outputs"]` of a new node, found by running the op on zeros of its inputs' shapes: the op
-    table has no shape functions, and some outputs (recurrent workspaces) have a private layout."""
-    from ..creation import zeros
+    """`meta["outputs"]` of a new node: [(shape, dtype), ...] by the op table's rules."""
+    def meta(x):
+        return graph.node(x.node).meta["outputs"][x.index] if isinstance(x, Ref) else x
 
-    def stand_in(x):
-        if not isinstance(x, Ref):
-            return x
-        shape, dtype = graph.node(x.node).meta["outputs"][x.index]
-        return zeros(shape, dtype=dtype)
-
-    return [(tuple(t.shape), t.dtype) for t in run_op(op, [stand_in(x) for x in inputs], attrs)]
+    return infer(op, [meta(x) for x in inputs], attrs)
 
 
 def replace_node(graph: Graph, old: str, new_refs) -> None:

@@ -64,7 +64,7 @@ _erf = np.frompyfunc(math.erf, 1, 1)
 
 @register_impl("erf")
 def erf(x):
-    return _erf(x).astype(x.dtype)
+    return np.asarray(_erf(x)).astype(x.dtype)  # a 0-dim input gives a Python float
 
 
 @register_impl("gelu")

@@ -92,7 +92,7 @@ def logsumexp(x, *, dim, keepdim):
 
 @register_impl("cumsum")
 def cumsum(x, *, dim):
-    return np.cumsum(x, axis=dim)
+    return np.cumsum(x, axis=dim) if x.ndim else x.copy()  # NumPy would make a 0-dim input 1-dim
 
 
 def _logical_reduction(fn, x, dim, keepdim):
