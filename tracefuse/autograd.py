@@ -580,6 +580,11 @@ class Function:
     def apply(cls, *args):
         from .tensor import Tensor
 
+        from .tracer import context
+
+        trace = context.current()
+        if trace is not None:
+            trace.needs_eager_autodiff(f"custom autograd.Function {cls.__name__}")
         needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         ctx = FunctionCtx(needs)
         with no_grad():

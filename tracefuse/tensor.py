@@ -238,6 +238,9 @@ class Tensor:
             )
         if value and not self._dtype.is_floating_point:
             raise RuntimeError("only Tensors of floating point dtype can require gradients")
+        trace = _trace.current()
+        if trace is not None and value != self._requires_grad:
+            trace.input_changed(self, "requires_grad")
         self._requires_grad = value
 
     @property
@@ -313,6 +316,9 @@ class Tensor:
         """`hook(grad)` runs when this tensor's gradient is computed; it may return a replacement."""
         if not self.requires_grad:
             raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        trace = _trace.current()
+        if trace is not None:
+            trace.needs_eager_autodiff("a gradient hook")
         node, nr = autograd.gradient_edge(self)
         return node._add_tensor_hook(nr, hook)
 
@@ -380,6 +386,9 @@ class Tensor:
     def data(self, value):
         if not isinstance(value, Tensor):
             raise TypeError(f"data must be a Tensor, got {type(value).__name__}")
+        trace = _trace.current()
+        if trace is not None:
+            trace.input_changed(self, ".data", outside_too=True)
         self._data, self._dtype, self._device = value._data, value._dtype, value._device
 
     # --- conversion --------------------------------------------------------------------------

@@ -409,3 +409,103 @@ def test_compiled_backward_checks_inputs_were_not_modified_and_refuses_double_ba
     loss = compiled(x).pow(2).sum()
     with pytest.raises(RuntimeError, match="double backward .* through a compiled call is not supported"):
         tracefuse.autograd.grad(loss, x, create_graph=True)
+
+
+def _eager_and_compiled_grads(fn, make_input, calls=3):
+    """Gradients of fn's scalar result w.r.t. its argument, eager and compiled, per call."""
+    compiled = tracefuse.compile(fn)
+    results = []
+    for i in range(calls):
+        a, b = make_input(i).requires_grad_(True), make_input(i).requires_grad_(True)
+        fn(a).backward()
+        compiled(b).backward()
+        results.append((a.grad.numpy().copy(), b.grad.numpy().copy()))
+    return results
+
+
+def test_gradient_barriers_custom_functions_and_hooks_survive_compilation():
+    class StraightThrough(tracefuse.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.round()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+
+    def barriers(x):
+        with tracefuse.no_grad():
+            s = x.sum()
+        return (x * s).sum() + (x * x.detach()).sum()
+
+    def custom(x):
+        return (StraightThrough.apply(x) * 2).sum()
+
+    def hooked(x):
+        y = x * 2
+        y.register_hook(lambda g: g * 10)
+        return y.sum()
+
+    for fn in (barriers, custom, hooked):
+        for eager, compiled in _eager_and_compiled_grads(fn, lambda i: tracefuse.tensor([1.0, 2.0, 3.0 + i])):
+            np.testing.assert_allclose(compiled, eager, rtol=1e-12, err_msg=fn.__name__)
+
+
+def test_parameter_hooks_run_once_and_can_be_removed_after_compiling():
+    model = nn.Linear(2, 1).double()
+    compiled = tracefuse.compile(model)
+    handle = model.weight.register_hook(lambda g: g * 10)
+    x = tracefuse.ones(1, 2, dtype=tracefuse.float64)
+    compiled(x).sum().backward()
+    np.testing.assert_allclose(model.weight.grad.numpy(), [[10.0, 10.0]])
+    handle.remove()
+    model.zero_grad()
+    compiled(x).sum().backward()
+    np.testing.assert_allclose(model.weight.grad.numpy(), [[1.0, 1.0]])
+
+
+def test_setting_data_or_requires_grad_of_a_traced_tensor_is_refused():
+    w = tracefuse.ones(3)
+
+    @tracefuse.compile
+    def rebind(x):
+        w.data = w.data * 2
+        return x * w
+
+    with pytest.raises(TracingError, match="setting .data of a traced tensor"):
+        rebind(tracefuse.ones(3))
+
+    @tracefuse.compile
+    def toggle(x):
+        x.requires_grad_(True)
+        return x.sum()
+
+    with pytest.raises(TracingError, match="setting requires_grad of a traced tensor"):
+        toggle(tracefuse.ones(3))
+
+
+def test_grad_assigned_inside_a_compiled_function_is_fresh_each_call():
+    w_eager, w_compiled = tracefuse.ones(3, requires_grad=True), tracefuse.ones(3, requires_grad=True)
+
+    def make(w):
+        def f(x):
+            w.grad = tracefuse.zeros(3)
+            return (w * x).sum()
+        return f
+
+    eager, compiled = make(w_eager), tracefuse.compile(make(w_compiled))
+    for i in range(3):
+        x = tracefuse.full((3,), float(i + 1))
+        eager(x).backward()
+        compiled(x).backward()
+        assert w_compiled.grad.tolist() == w_eager.grad.tolist() == [float(i + 1)] * 3
+
+
+def test_value_guard_records_the_value_the_call_started_with():
+    @tracefuse.compile
+    def bump(x, n):
+        n.add_(1)
+        return x * n.item()
+
+    n = tracefuse.tensor(0)
+    assert [bump(tracefuse.ones(1), n).item() for _ in range(3)] == [1.0, 2.0, 3.0]

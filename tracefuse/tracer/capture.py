@@ -78,8 +78,9 @@ def capture(invoke, arguments, named_state, scopes) -> Captured:
     captured.forward = pipeline.optimize(graph, log=captured.log)
     # A function that ran backward() itself (a training step) returns plain values.
     if diff and autograd.is_grad_enabled() and not ctx.ran_backward:
-        if ctx.rewrote_leaf:
-            # Differentiate the eager trace itself: its autograd record knows the rewritten leaf.
+        if ctx.eager_autodiff:
+            # Differentiate the eager trace itself: its autograd record knows the barriers,
+            # custom Functions and hooks that the optimized graph of values does not.
             _capture_backward(captured, ctx, out_leaves, diff)
             forward = graph
         else:
@@ -144,8 +145,18 @@ def _capture_backward(captured, fwd_ctx, out_leaves, diff):
         grads_in = [ones_like(out_leaves[i]) for i in diff]
         for k, g in zip(diff, grads_in):
             bwd.add_input(f"grad_out_{k}", g, "grad")
-        grads = autograd.grad([out_leaves[i] for i in diff], inputs, grad_outputs=grads_in,
-                              retain_graph=True, allow_unused=True)
+        # Hooks on the differentiated leaves run when the compiled backward hands them their
+        # gradients, as in eager code: they must not also be baked into the graph.
+        accumulators = [t._accumulator() for t in inputs if t.is_leaf]
+        hooks = [dict(node._pre_hooks) for node in accumulators]
+        for node in accumulators:
+            node._pre_hooks.clear()
+        try:
+            grads = autograd.grad([out_leaves[i] for i in diff], inputs, grad_outputs=grads_in,
+                                  retain_graph=True, allow_unused=True)
+        finally:
+            for node, saved in zip(accumulators, hooks):
+                node._pre_hooks.update(saved)
         graph = bwd.graph
         graph.outputs = [bwd.ref(g) if g is not None else None for g in grads]
     # Backward placeholders lifted from the forward: forward values (saved activations) or

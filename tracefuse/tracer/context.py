@@ -69,7 +69,9 @@ class TraceContext:
         self._grads_before: dict[str, object] = {}  # input name -> its .grad when the trace met it
         self.guards: list = []  # (label, read current value, value while tracing)
         self.ran_backward = False
-        self.rewrote_leaf = False
+        # Why autodiff must differentiate this eager trace's own autograd record rather than the
+        # optimized graph (capture.py): something a graph of values cannot express took part.
+        self.eager_autodiff: str | None = None
         self._stale: set[int] = set()
         self._grad_touched: set[int] = set()  # ids of tensors whose .grad the trace has set or decided on  # ids of traced views whose storage was since written in place
         self.mutations: dict[str, Ref] = {}  # placeholder name -> Ref of its value after the call
@@ -119,6 +121,23 @@ class TraceContext:
         bound = self._bound.get(id(tensor))
         if bound is not None and bound[1] is tensor:
             self._bound[id(alias)] = (bound[0], alias, bound[2])
+            if tensor.requires_grad and not alias.requires_grad:
+                self.needs_eager_autodiff("detach() or .data of a tensor that requires grad")
+
+    def input_changed(self, tensor, what, outside_too=False):
+        """Assigning `.data` or `requires_grad` of a graph input (or, with `outside_too`, of any
+        tensor from outside the trace) changes state the graph cannot replay."""
+        bound = self._bound.get(id(tensor))
+        outside = bound is None or bound[1] is not tensor
+        if id(tensor) in self._input_names or (outside_too and outside):
+            raise TracingError(
+                f"tracefuse.compile: setting {what} of a traced tensor at {user_source()} cannot be replayed by a "
+                "graph; update values in place (e.g. `p.copy_(new)` under no_grad) or set it outside the "
+                "compiled call")
+
+    def needs_eager_autodiff(self, reason):
+        """A gradient barrier, a custom Function or a gradient hook took part in the call."""
+        self.eager_autodiff = self.eager_autodiff or reason
 
     def _sources(self, tensor):
         bound = self._bound.get(id(tensor))
@@ -127,6 +146,9 @@ class TraceContext:
     # --- hooks called by dispatch and Tensor -------------------------------------------------------
     def record(self, op, inputs, attrs, outputs):
         from ..tensor import Tensor
+
+        if not is_grad_enabled() and any(isinstance(x, Tensor) and x.requires_grad for x in inputs):
+            self.needs_eager_autodiff(f"{op.name} under no_grad on a tensor that requires grad")
 
         args, sources = [], None if op.random else frozenset()  # random values may not steer Python
         for x in inputs:
@@ -167,9 +189,8 @@ class TraceContext:
             self.mutations[name] = ref
             self._originals.setdefault(name, tensor._data.copy())
             if tensor.requires_grad and not is_grad_enabled():
-                # A leaf rewritten without autograd (Embedding's max_norm) keeps its identity for
-                # autograd in eager code; a graph of values cannot say so (see capture.py).
-                self.rewrote_leaf = True
+                # A leaf rewritten without autograd (Embedding's max_norm) keeps its identity.
+                self.needs_eager_autodiff("a leaf updated in place under no_grad")
             for owner, t in self.inputs.items():
                 if t.requires_grad and t._grad is tensor:
                     self._guard_grad(owner, t)
@@ -188,6 +209,7 @@ class TraceContext:
     def grad_written(self, tensor):
         """`tensor.grad` is assigned (zero_grad, the engine): later code no longer depends on the
         .grad the call started with."""
+        self.ref(tensor)  # an input from here on, so its .grad before this write is remembered
         self._grad_touched.add(id(tensor))
 
     def grad_accumulated(self, tensor):
@@ -237,7 +259,8 @@ class TraceContext:
                 "tracefuse.where(cond, a, b) for an if/else), or compile with fallback='eager'."
             )
         for name in sources:
-            self.value_guards[name] = self.inputs[name]._data.tolist()
+            # The value the call started with (the traced code may have updated it since).
+            self.value_guards[name] = self._originals.get(name, self.inputs[name]._data).tolist()
 
     # --- module scopes -----------------------------------------------------------------------------
     def scope(self) -> str | None:

@@ -57,15 +57,19 @@ def run(captured, arg_leaves):
     outputs = interpreter.run(captured.forward, live)
     n = captured.n_user_outputs
     constants = [node.meta["value"]._data for node in captured.forward.inputs() if node.attrs["kind"] == "const"]
-    # A result that views a constant of the graph is copied: the caller may write to it.
-    user = [o.clone() if any(np.may_share_memory(o._data, c) for c in constants) else o for o in outputs[:n]]
+
+    def fresh(o):
+        """A result (or new .grad) that views a constant of the graph is copied: it may be written to."""
+        return o.clone() if any(np.may_share_memory(o._data, c) for c in constants) else o
+
+    user = [fresh(o) for o in outputs[:n]]
     rest = iter(outputs[n:])
     for name in captured.mutated:
         target = live[name]
         np.copyto(target._data, next(rest)._data, casting="unsafe")
         target._version.bump()
     for name, has_value in captured.grad_assignments:
-        live[name]._grad = next(rest) if has_value else None
+        live[name]._grad = fresh(next(rest)) if has_value else None
     if captured.backward is not None and autograd.is_grad_enabled():
         saved = list(rest)
         differentiable = [user[i] for i in captured.diff_outputs]
