@@ -736,9 +736,14 @@ class Tensor:
                 "Index put requires the source and destination dtypes match, got "
                 f"{_TYPE_NAMES[self._dtype.name]} for the destination and {_TYPE_NAMES[value.dtype.name]} for the source."
             )
-        with autograd.no_grad():
-            target = dispatch("getitem", self, *tensors, index=index).shape
-        value = _fit_to(value, target)
+        if value.numel() == 1:
+            # One value fills every selected element whatever their number (a boolean mask's
+            # count changes from call to call in a compiled graph): no shape to fit.
+            value = value.reshape(())
+        else:
+            with autograd.no_grad():
+                target = dispatch("getitem", self, *tensors, index=index).shape
+            value = _fit_to(value, target)
         # index_put saves only the index tensors, so `self` itself can stand for its value before the write.
         self._assign(dispatch("index_put", self, value.to(self._dtype), *tensors, index=index, accumulate=False))
 

@@ -509,3 +509,71 @@ def test_value_guard_records_the_value_the_call_started_with():
 
     n = tracefuse.tensor(0)
     assert [bump(tracefuse.ones(1), n).item() for _ in range(3)] == [1.0, 2.0, 3.0]
+
+
+def test_reloaded_or_cleared_optimizer_state_retraces():
+    tracefuse.manual_seed(7)
+    model, twin = nn.Linear(3, 2).double(), nn.Linear(3, 2).double()
+    twin.load_state_dict(model.state_dict())
+    opt, twin_opt = tracefuse.optim.Adam(model.parameters(), lr=0.1), tracefuse.optim.Adam(twin.parameters(), lr=0.1)
+
+    def make(m, o):
+        def step(x):
+            o.zero_grad()
+            m(x).pow(2).sum().backward()
+            o.step()
+        return step
+
+    compiled, eager = tracefuse.compile(make(model, opt)), make(twin, twin_opt)
+    xs = [tracefuse.randn(4, 3, dtype=tracefuse.float64) for _ in range(8)]
+    for x in xs[:3]:
+        compiled(x), eager(x)
+    checkpoint, twin_checkpoint = opt.state_dict(), twin_opt.state_dict()
+    for x in xs[3:5]:
+        compiled(x), eager(x)
+    opt.load_state_dict(checkpoint)
+    twin_opt.load_state_dict(twin_checkpoint)
+    for x in xs[5:7]:
+        compiled(x), eager(x)
+    opt.state.clear()
+    twin_opt.state.clear()
+    compiled(xs[7]), eager(xs[7])
+    np.testing.assert_allclose(model.weight.detach().numpy(), twin.weight.detach().numpy(), rtol=1e-12)
+    assert any("Adam.state" in str(r) for r in compiled_callable(compiled).recompiles)
+
+
+def test_objects_and_numpy_scalars_as_arguments():
+    model = nn.Linear(2, 1).double()
+
+    @tracefuse.compile
+    def apply(m, x, scale):
+        return m(x).sum() * scale
+
+    x = tracefuse.ones(3, 2, dtype=tracefuse.float64)
+    assert apply(model, x, np.float32(2)).item() == pytest.approx(model(x).sum().item() * 2)
+    other = nn.Linear(2, 1).double()
+    assert apply(other, x, np.float32(2)).item() == pytest.approx(other(x).sum().item() * 2)
+    assert len(compiled_callable(apply).entries) == 2
+
+
+def test_returning_an_input_updated_in_place_returns_that_tensor():
+    @tracefuse.compile
+    def double(x):
+        x.mul_(2)
+        return x
+
+    x = tracefuse.ones(2)
+    for expected in (2.0, 4.0):
+        out = double(x)
+        assert out is x and x.tolist() == [expected] * 2
+
+
+def test_boolean_mask_assignment_replays_for_any_number_of_selected_elements():
+    @tracefuse.compile
+    def clear(x, mask):
+        x[mask] = 0.0
+        return x * 1
+
+    for k in (2, 3, 5):
+        x = tracefuse.arange(6.0)
+        assert clear(x.clone(), x < k).tolist() == [0.0] * k + list(map(float, range(k, 6)))

@@ -90,6 +90,11 @@ class Optimizer:
             return
         trace.guard(f"{type(self).__name__}.param_groups", lambda: [
             {k: (v if k != "params" else [id(p) for p in v]) for k, v in g.items()} for g in self.param_groups])
+        # The graph updates the state tensors it traced in place: a reloaded or cleared state
+        # (load_state_dict, state.clear()) must retrace.
+        trace.guard(f"{type(self).__name__}.state", lambda: [
+            sorted((k, id(v) if isinstance(v, Tensor) else v) for k, v in self.state.get(p, {}).items())
+            for g in self.param_groups for p in g["params"]])
         for group in self.param_groups:
             if self._creates_state(group) and any(p.grad is not None and not self.state[p] for p in group["params"]):
                 raise _trace_context.WarmupRequired(f"{type(self).__name__}: first step creates optimizer state")

@@ -6,12 +6,14 @@ non-tensor argument.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..device import device
 from ..dtypes import dtype
 from ..tensor import Tensor
 
 TENSOR = "<tensor>"
-_PLAIN = (bool, int, float, complex, str, bytes, type(None), type(Ellipsis), slice, dtype, device)
+_PLAIN = (bool, int, float, complex, str, bytes, type(None), type(Ellipsis), slice, dtype, device, np.generic)
 
 
 class Const:
@@ -31,6 +33,25 @@ class Const:
 
     def __repr__(self):
         return repr(self.value)
+
+
+class Opaque:
+    """Any other Python object in a spec (a module, a config, a NumPy array): the same object
+    replays the graph, another one retraces. What the trace read from it is baked in."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __eq__(self, other):
+        return isinstance(other, Opaque) and self.value is other.value
+
+    def __hash__(self):
+        return id(self.value)
+
+    def __repr__(self):
+        return f"<{type(self.value).__name__} at {id(self.value):#x}>"
 
 
 def _is_namedtuple(x):
@@ -55,7 +76,7 @@ def flatten(obj, leaves=None, path="L"):
             return (dict, tuple((k, walk(v, f"{where}[{k!r}]")) for k, v in x.items()))
         if isinstance(x, _PLAIN):
             return ("const", Const(x))
-        return ("object", id(x))  # guarded by identity; a graph cannot return it
+        return ("object", Opaque(x))  # guarded by identity; a graph cannot return it
 
     spec = walk(obj, path)
     return leaves, spec, paths
@@ -69,7 +90,7 @@ def unflatten(spec, leaves):
         if s == TENSOR:
             return next(it)
         kind, body = s
-        if kind == "const":
+        if kind in ("const", "object"):
             return body.value
         if kind == dict:
             return {k: build(v) for k, v in body}

@@ -70,6 +70,8 @@ def run(captured, arg_leaves):
         target._version.bump()
     for name, has_value in captured.grad_assignments:
         live[name]._grad = fresh(next(rest)) if has_value else None
+    for i, name in captured.returned_inputs.items():
+        user[i] = live[name]  # `x.mul_(2); return x` returns the caller's x, as eager code does
     if captured.backward is not None and autograd.is_grad_enabled():
         saved = list(rest)
         differentiable = [user[i] for i in captured.diff_outputs]
