@@ -577,3 +577,22 @@ def test_boolean_mask_assignment_replays_for_any_number_of_selected_elements():
     for k in (2, 3, 5):
         x = tracefuse.arange(6.0)
         assert clear(x.clone(), x < k).tolist() == [0.0] * k + list(map(float, range(k, 6)))
+
+
+def test_module_attributes_of_any_kind_are_guarded():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.act, self.scales, self._offset = tracefuse.relu, [2.0], {"b": 0.0}
+
+        def forward(self, x):
+            return self.act(x) * self.scales[0] + self._offset["b"]
+
+    model = Scaled()
+    compiled = tracefuse.compile(model)
+    x = tracefuse.tensor([-1.0, 1.0])
+    for change in (lambda: None, lambda: setattr(model, "act", tracefuse.tanh),
+                   lambda: setattr(model, "scales", [5.0]), lambda: setattr(model, "_offset", {"b": 1.0})):
+        change()
+        np.testing.assert_allclose(compiled(x).numpy(), model(x).numpy(), rtol=1e-6)
+    assert len(compiled_callable(compiled).entries) == 4

@@ -272,11 +272,12 @@ class TraceContext:
         self._guard_module(module)
 
     def _guard_module(self, module):
-        """Guard what steers a module's forward besides its arguments: its training flag and other
-        public plain attributes (p, momentum, ...), which Parameter, buffer and tensor objects it
-        holds, and its hooks. Then eval(), a changed hyperparameter or a replaced Parameter
-        retraces, also when the compiled object is a function that calls the module."""
-        from ..tensor import Tensor
+        """Guard what steers a module's forward besides its arguments: its training flag and its
+        other attributes (p, momentum, lists of scales, a callable activation, ...), which
+        Parameter, buffer and tensor objects it holds, and its hooks. Then eval(), a changed
+        hyperparameter or a replaced Parameter retraces, also when the compiled object is a
+        function that calls the module."""
+        from ..nn.modules.module import Module
 
         if id(module) not in self._module_labels:  # a module a compiled function calls: label by path
             root = type(module).__name__
@@ -286,8 +287,9 @@ class TraceContext:
             return
         self._guarded_modules.add(id(module))
         label, state = self._module_labels[id(module)], vars(module)
-        for key, value in state.items():
-            if not key.startswith("_") and isinstance(value, (bool, int, float, str, tuple, type(None), Tensor)):
+        internals = _module_internals(Module)
+        for key in state:
+            if key not in internals:
                 self.guard(f"{label}.{key}", lambda key=key: _guard_value(state.get(key)))
         for kind in ("_parameters", "_buffers"):
             for key in state[kind]:
@@ -300,9 +302,26 @@ class TraceContext:
 
 
 def _guard_value(value):
-    """Tensors are guarded by identity (their values are graph inputs), other values by typed
-    equality (1, 1.0 and True differ, as in argument specs)."""
+    """A module attribute as a guard value: plain values by typed equality (1, 1.0 and True
+    differ, as in argument specs), containers by structure, tensors and other objects (a
+    callable activation) by identity."""
     from ..tensor import Tensor
-    from .pytree import Const
+    from .pytree import PLAIN, Const, flatten
 
-    return f"<tensor at {id(value):#x}>" if isinstance(value, Tensor) else Const(value)
+    if isinstance(value, Tensor):
+        return f"<tensor at {id(value):#x}>"
+    if isinstance(value, PLAIN):
+        return Const(value)
+    leaves, spec, _ = flatten(value)
+    return spec, tuple(id(t) for t in leaves)
+
+
+_INTERNALS: set = set()
+
+
+def _module_internals(module_class):
+    """The attributes every Module has (registries, hook dicts): guarded separately."""
+    if not _INTERNALS:
+        _INTERNALS.update(vars(module_class()))
+        _INTERNALS.discard("training")
+    return _INTERNALS

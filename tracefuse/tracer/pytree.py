@@ -13,7 +13,7 @@ from ..dtypes import dtype
 from ..tensor import Tensor
 
 TENSOR = "<tensor>"
-_PLAIN = (bool, int, float, complex, str, bytes, type(None), type(Ellipsis), slice, dtype, device, np.generic)
+PLAIN = (bool, int, float, complex, str, bytes, type(None), type(Ellipsis), slice, dtype, device, np.generic)
 
 
 class Const:
@@ -74,7 +74,7 @@ def flatten(obj, leaves=None, path="L"):
             return (type(x), tuple(walk(v, f"{where}[{i}]") for i, v in enumerate(x)))
         if isinstance(x, dict):
             return (dict, tuple((k, walk(v, f"{where}[{k!r}]")) for k, v in x.items()))
-        if isinstance(x, _PLAIN):
+        if isinstance(x, PLAIN):
             return ("const", Const(x))
         return ("object", Opaque(x))  # guarded by identity; a graph cannot return it
 
