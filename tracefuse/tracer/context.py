@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import warnings
 
 import numpy as np
 
@@ -296,6 +297,10 @@ class TraceContext:
                 self.guard(f"{label}.{key}", lambda kind=kind, key=key: _guard_value(state[kind].get(key)))
         hooks = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
         self.guard(f"{label}.hooks", lambda: tuple(tuple(state[h]) for h in hooks))
+        if state["_forward_pre_hooks"] or state["_forward_hooks"]:
+            warnings.warn(f"tracefuse.compile: the forward hooks of {label} run while tracing only; what they compute "
+                          "with tensors is replayed, their other Python side effects (storing activations, "
+                          "printing) are not", stacklevel=4)
 
     def exit_module(self):
         self._scope_stack.pop()
