@@ -596,3 +596,20 @@ def test_module_attributes_of_any_kind_are_guarded():
         change()
         np.testing.assert_allclose(compiled(x).numpy(), model(x).numpy(), rtol=1e-6)
     assert len(compiled_callable(compiled).entries) == 4
+
+
+def test_enable_grad_inside_a_compiled_call_under_no_grad():
+    w = tracefuse.ones(2, requires_grad=True)
+
+    @tracefuse.compile
+    def f(x):
+        with tracefuse.enable_grad():
+            return (x * w).sum()
+
+    for scale in (1.0, 2.0):
+        with tracefuse.no_grad():
+            out = f(tracefuse.full((2,), scale))
+        assert out.requires_grad
+        w.grad = None
+        out.backward()
+        assert w.grad.tolist() == [scale, scale]

@@ -80,14 +80,16 @@ def capture(invoke, arguments, named_state, scopes) -> Captured:
     captured.log = pipeline.PassLog()
     captured.forward = pipeline.optimize(graph, log=captured.log)
     # A function that ran backward() itself (a training step) returns plain values.
-    if diff and autograd.is_grad_enabled() and not ctx.ran_backward:
+    # (Outputs can need gradients under an outer no_grad too, from an enable_grad() block.)
+    if diff and not ctx.ran_backward:
         if ctx.eager_autodiff:
             # Differentiate the eager trace itself: its autograd record knows the barriers,
             # custom Functions and hooks that the optimized graph of values does not.
             _capture_backward(captured, ctx, out_leaves, diff)
             forward = graph
         else:
-            replay, outputs = _replay_under_autograd(captured.forward, ctx)
+            with autograd.enable_grad():
+                replay, outputs = _replay_under_autograd(captured.forward, ctx)
             _capture_backward(captured, replay, outputs[:len(out_leaves)], diff)
             forward = replay.graph
         captured.forward = pipeline.optimize(forward, log=captured.log)

@@ -72,7 +72,7 @@ def run(captured, arg_leaves):
         live[name]._grad = fresh(next(rest)) if has_value else None
     for i, name in captured.returned_inputs.items():
         user[i] = live[name]  # `x.mul_(2); return x` returns the caller's x, as eager code does
-    if captured.backward is not None and autograd.is_grad_enabled():
+    if captured.backward is not None:  # the grad-mode guard makes this the traced mode
         saved = list(rest)
         differentiable = [user[i] for i in captured.diff_outputs]
         node = CompiledBackward(captured, live, saved, differentiable)
