@@ -613,3 +613,12 @@ def test_enable_grad_inside_a_compiled_call_under_no_grad():
         w.grad = None
         out.backward()
         assert w.grad.tolist() == [scale, scale]
+
+
+def test_forward_hooks_warn_that_side_effects_are_not_replayed():
+    model = nn.Linear(2, 2)
+    seen = []
+    model.register_forward_hook(lambda m, i, o: seen.append(o))
+    with pytest.warns(UserWarning, match="forward hooks of self run while tracing only"):
+        tracefuse.compile(model)(tracefuse.ones(1, 2))
+    assert len(seen) == 1

@@ -213,6 +213,7 @@ def assert_reason(recompile, expected):
     assert expected.fullmatch(text) if isinstance(expected, re.Pattern) else text == expected, text
 
 
+@pytest.mark.filterwarnings("ignore:tracefuse.compile. the forward hooks")  # asserted in test_compile.py
 @pytest.mark.parametrize("make", CASES, ids=[c.__name__[:-5] for c in CASES])
 def test_recompiles_exactly_when_one_guard_changes(make):
     target, before, after, reason = make()
