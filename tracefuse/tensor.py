@@ -281,6 +281,9 @@ class Tensor:
                 "attribute won't be populated during autograd.backward(). If you indeed want the .grad "
                 "field to be populated for a non-leaf Tensor, use .retain_grad() on the non-leaf Tensor.",
                 UserWarning, stacklevel=2)
+        trace = _trace.current()
+        if trace is not None and self._grad is not None:
+            trace.grad_read(self)
         return self._grad
 
     @grad.setter
@@ -1417,6 +1420,9 @@ class Tensor:
     # --- indexing ----------------------------------------------------------------------------
     def __getitem__(self, key):
         index, tensors = _index_key(key, self)
+        for t in tensors:
+            if t.dtype is dtypes.bool_:
+                t._values_read("boolean-mask indexing")  # the result's shape depends on the mask's values
         return _named(dispatch("getitem", self, *tensors, index=index), _getitem_node_name(index, tensors))
 
     def gather(self, dim, index):

@@ -622,3 +622,27 @@ def test_forward_hooks_warn_that_side_effects_are_not_replayed():
     with pytest.warns(UserWarning, match="forward hooks of self run while tracing only"):
         tracefuse.compile(model)(tracefuse.ones(1, 2))
     assert len(seen) == 1
+
+
+def test_gradients_made_outside_are_read_live_by_compiled_code():
+    w = tracefuse.ones(3, requires_grad=True)
+    opt = tracefuse.optim.SGD([w], lr=1.0)
+    step = tracefuse.compile(opt.step)
+    norm = tracefuse.compile(lambda: w.grad.norm())
+    for i in range(1, 4):
+        w.grad = None
+        (w * float(i)).sum().backward()
+        assert norm().item() == pytest.approx(i * 3 ** 0.5)
+        before = w.detach().numpy().copy()
+        step()
+        np.testing.assert_allclose(w.detach().numpy() - before, [-float(i)] * 3, rtol=1e-6)
+    assert len(compiled_callable(step).entries) == 1
+
+
+def test_boolean_mask_reads_of_data_are_data_dependent():
+    @tracefuse.compile
+    def positive_mean(x):
+        return x[x > 0].mean()
+
+    with pytest.raises(TracingError, match="boolean-mask indexing reads the values of a traced tensor"):
+        positive_mean(tracefuse.tensor([1.0, -1.0, 3.0]))

@@ -30,6 +30,7 @@ class Captured:
     arg_names: list  # placeholder names of the call's tensor leaves, in flatten order
     value_guards: dict
     grad_assignments: list = field(default_factory=list)  # (input name, set to a value? else None)
+    grad_inputs: list = field(default_factory=list)  # (placeholder name, input whose .grad it is)
     returned_inputs: dict = field(default_factory=dict)  # user output index -> input it is (object identity)
     guards: list = field(default_factory=list)  # (label, read, value) on Python state the trace read
     backward: Graph | None = None
@@ -72,6 +73,7 @@ def capture(invoke, arguments, named_state, scopes) -> Captured:
     live = {n: t for n, t in ctx.inputs.items() if n not in arg_names}
     captured = Captured(graph, out_spec, len(out_leaves), mutated, live, arg_names, dict(ctx.value_guards),
                         grad_assignments=[(n, g is not None) for n, g in grads.items()], guards=ctx.guards,
+                        grad_inputs=[(n.name, n.meta["of"]) for n in graph.inputs() if n.attrs["kind"] == "grad_of"],
                         returned_inputs={i: name for i, t in enumerate(out_leaves)
                                          for name, live_tensor in ctx.inputs.items() if live_tensor is t})
     diff = [i for i, t in enumerate(out_leaves) if t.requires_grad]

@@ -101,7 +101,6 @@ class TraceContext:
         self._input_names[id(tensor)] = name
         if tensor.requires_grad:
             self._grads_before[name] = tensor._grad
-            self._guard_grad(name, tensor)
         return ref
 
     def ref(self, tensor) -> Ref:
@@ -192,9 +191,6 @@ class TraceContext:
             if tensor.requires_grad and not is_grad_enabled():
                 # A leaf rewritten without autograd (Embedding's max_norm) keeps its identity.
                 self.needs_eager_autodiff("a leaf updated in place under no_grad")
-            for owner, t in self.inputs.items():
-                if t.requires_grad and t._grad is tensor:
-                    self._guard_grad(owner, t)
 
     def _sharing_memory_with(self, tensor):
         return [t for _, t, _ in list(self._bound.values())
@@ -223,14 +219,17 @@ class TraceContext:
         label = f"{self._input_names.get(id(tensor)) or self.ref(tensor).node}.grad is None"
         self.guards.append((label, lambda: tensor._grad is None, tensor._grad is None))
 
-    def _guard_grad(self, name, tensor):
-        """The graph updates `tensor.grad` in place (zero_grad(set_to_none=False), accumulation): it
-        may only replay while that .grad is the same tensor."""
-        grad = tensor._grad
-        if grad is not None and self._input_names.get(id(grad)) in self.mutations:
-            label = f"{name}.grad"
-            if all(g[0] != label for g in self.guards):
-                self.guard(label, lambda: _guard_value(tensor._grad))
+    def grad_read(self, owner):
+        """The traced code reads `owner.grad`, a gradient from before the call: a graph input
+        that each call takes from `owner.grad` as it is then (kind 'grad_of'), so a new .grad
+        object between calls is simply the next input; that there is one at all is guarded."""
+        grad = owner._grad
+        bound = self._bound.get(id(grad))
+        if bound is not None and bound[1] is grad:
+            return
+        of = self.ref(owner).node
+        self.add_input(f"{of}.grad", grad, "grad_of", of=of)
+        self.guards.append((f"{of}.grad is None", lambda: owner._grad is None, False))
 
     def grad_assignments(self) -> dict:
         """Inputs whose `.grad` the traced code replaced (backward, zero_grad): name -> new value."""

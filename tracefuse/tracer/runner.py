@@ -54,6 +54,8 @@ def run(captured, arg_leaves):
     """Execute `captured` for a call whose tensor leaves are `arg_leaves`; returns its result."""
     live = dict(captured.live_inputs)
     live.update(zip(captured.arg_names, arg_leaves))
+    for name, of in captured.grad_inputs:
+        live[name] = live[of]._grad  # gradients are read as they are at this call
     outputs = interpreter.run(captured.forward, live)
     n = captured.n_user_outputs
     constants = [node.meta["value"]._data for node in captured.forward.inputs() if node.attrs["kind"] == "const"]
