@@ -646,3 +646,24 @@ def test_boolean_mask_reads_of_data_are_data_dependent():
 
     with pytest.raises(TracingError, match="boolean-mask indexing reads the values of a traced tensor"):
         positive_mean(tracefuse.tensor([1.0, -1.0, 3.0]))
+
+
+def test_attributes_of_uncalled_submodules_and_config_objects_are_guarded():
+    from types import SimpleNamespace
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Identity()
+            self.head.k = 2.0
+            self.cfg = SimpleNamespace(scale=3.0)
+
+        def forward(self, x):
+            return x * self.head.k * self.cfg.scale
+
+    model = Model()
+    compiled = tracefuse.compile(model)
+    x = tracefuse.ones(1)
+    for change in (lambda: None, lambda: setattr(model.head, "k", 5.0), lambda: setattr(model.cfg, "scale", 1.0)):
+        change()
+        assert compiled(x).item() == model(x).item()

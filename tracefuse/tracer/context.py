@@ -296,6 +296,9 @@ class TraceContext:
                 self.guard(f"{label}.{key}", lambda kind=kind, key=key: _guard_value(state[kind].get(key)))
         hooks = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
         self.guard(f"{label}.hooks", lambda: tuple(tuple(state[h]) for h in hooks))
+        for child in state["_modules"].values():  # the forward may read a submodule's attributes
+            if child is not None:                 # without calling it
+                self._guard_module(child)
         if state["_forward_pre_hooks"] or state["_forward_hooks"]:
             warnings.warn(f"tracefuse.compile: the forward hooks of {label} run while tracing only; what they compute "
                           "with tensors is replayed, their other Python side effects (storing activations, "
@@ -309,6 +312,7 @@ def _guard_value(value):
     """A module attribute as a guard value: plain values by typed equality (1, 1.0 and True
     differ, as in argument specs), containers by structure, tensors and other objects (a
     callable activation) by identity."""
+    from ..nn.modules.module import Module
     from ..tensor import Tensor
     from .pytree import PLAIN, Const, flatten
 
@@ -317,6 +321,10 @@ def _guard_value(value):
     if isinstance(value, PLAIN):
         return Const(value)
     leaves, spec, _ = flatten(value)
+    if hasattr(value, "__dict__") and not callable(value) and not isinstance(value, Module):
+        # A plain object (a config namespace): its own attributes, one level deep, count too.
+        inner, inner_spec, _ = flatten(dict(vars(value)))
+        return spec, inner_spec, tuple(id(t) for t in leaves + inner)
     return spec, tuple(id(t) for t in leaves)
 
 
