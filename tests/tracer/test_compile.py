@@ -667,3 +667,12 @@ def test_attributes_of_uncalled_submodules_and_config_objects_are_guarded():
     for change in (lambda: None, lambda: setattr(model.head, "k", 5.0), lambda: setattr(model.cfg, "scale", 1.0)):
         change()
         assert compiled(x).item() == model(x).item()
+
+
+def test_returning_a_view_of_an_input_updated_in_place_is_refused():
+    @tracefuse.compile
+    def flat_double(x):
+        return x.mul_(2).view(-1)
+
+    with pytest.raises(TracingError, match="returns a view of a tensor it updated in place"):
+        flat_double(tracefuse.ones(2, 2))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .. import autograd
 from ..creation import ones_like
 from ..codegen.numpy import interpreter
@@ -65,6 +67,7 @@ def capture(invoke, arguments, named_state, scopes) -> Captured:
                                    "a number, a string or a tuple/list/dict of them; a graph cannot return it")
             graph = ctx.graph
             mutated = list(ctx.mutations)
+            _check_no_views_of_updated_inputs(out_leaves, [ctx.inputs[n] for n in mutated])
             grads = ctx.grad_assignments()
             graph.outputs = [ctx.ref(t) for t in out_leaves] + [ctx.mutations[n] for n in mutated] + \
                 [ctx.ref(g) for g in grads.values() if g is not None]
@@ -124,6 +127,16 @@ def _replay_under_autograd(graph, ctx):
 
 def _input_meta(node):
     return {k: v for k, v in node.meta.items() if k not in ("outputs", "device", "scope")}
+
+
+def _check_no_views_of_updated_inputs(outputs, updated):
+    """A returned view of an input the call updated in place would come back as a copy."""
+    for out in outputs:
+        for t in updated:
+            if out is not t and np.may_share_memory(out._data, t._data):
+                raise TracingError(
+                    "tracefuse.compile: the call returns a view of a tensor it updated in place; a compiled "
+                    "graph would return a copy. Return the tensor itself, or a clone() of the view")
 
 
 def _placeholder_name(path):
