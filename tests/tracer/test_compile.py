@@ -676,3 +676,12 @@ def test_returning_a_view_of_an_input_updated_in_place_is_refused():
 
     with pytest.raises(TracingError, match="returns a view of a tensor it updated in place"):
         flat_double(tracefuse.ones(2, 2))
+
+
+def test_first_compiled_call_draws_the_same_random_numbers_as_eager():
+    eager, compiled = nn.Dropout(0.5), tracefuse.compile(nn.Dropout(0.5))
+    for seed in range(3):
+        tracefuse.manual_seed(seed)
+        expected = eager(tracefuse.ones(16)).tolist()
+        tracefuse.manual_seed(seed)
+        assert compiled(tracefuse.ones(16)).tolist() == expected

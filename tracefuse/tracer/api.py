@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import autograd
+from ..codegen.numpy import random
 from . import dump, pytree, runner
 from .capture import capture
 from .context import TracingError, WarmupRequired
@@ -136,15 +137,19 @@ class CompiledCallable:
             message = (f"tracefuse.compile: recompile limit ({self.options.recompile_limit}) reached for "
                        f"{_name(self.fn)}; last {failure}")
             return self._fall_back(message, arguments, guards)
+        rng_state = random.get_state()
         try:
             state = self._state()
             captured = capture(self.invoke, arguments, state, self._scopes())
             self._check_state_kept(state)
         except WarmupRequired:
+            random.set_state(rng_state)
             self.warmups += 1
             return self.invoke(arguments)  # creates the state; the next call is traced
         except TracingError as exc:
+            random.set_state(rng_state)
             return self._fall_back(str(exc), arguments, guards)
+        random.set_state(rng_state)  # tracing drew random numbers; the call itself draws them again
         entry = Entry(guards, captured.value_guards, captured)
         self.entries.append(entry)
         dump.maybe_dump(self, entry)
