@@ -298,9 +298,11 @@ def input_shape_attr(shapes, attrs):
     return (tuple(attrs["input_shape"]),)
 
 
-# Recurrent layers. The workspace is T * B * width elements: lstm gates (4H) and cell states (H),
-# gru gates (3H) and W_hn h + b_hn (H), nothing for rnn (codegen/numpy/rnn.py's layout).
-WORKSPACE_WIDTH = {"lstm": 5, "gru": 4, "rnn": 0}  # in multiples of the hidden size H
+# Recurrent layers. The workspace is [T, B, k*H] blocks, by name and k: lstm gates (4H) and cell
+# states (H), gru gates (3H) and W_hn h + b_hn (H), nothing for rnn. Defined here once, for the
+# shape rule and for the NumPy implementation (codegen/numpy/rnn.py).
+WORKSPACE_LAYOUT = {"lstm": (("gates", 4), ("c", 1)), "gru": (("gates", 3), ("hn", 1)), "rnn": ()}
+WORKSPACE_WIDTH = {kind: sum(k for _, k in blocks) for kind, blocks in WORKSPACE_LAYOUT.items()}
 N_STATES = {"lstm": 2, "gru": 1, "rnn": 1}  # (h, c) or h
 
 

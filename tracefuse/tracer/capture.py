@@ -186,11 +186,11 @@ def _capture_backward(captured, fwd_ctx, out_leaves, diff):
         if node.attrs["kind"] != "lifted":
             continue
         tensor = bwd.inputs[node.name]
-        ref = fwd_ctx._bound.get(id(tensor))
-        if ref is None or ref[1] is not tensor:
+        bound = fwd_ctx.binding(tensor)
+        if bound is None:
             node.attrs["kind"], node.meta["value"] = "const", tensor  # made by the rules from constants
             continue
-        fwd_ref = ref[0]
+        fwd_ref = bound[0]
         if fwd_ref.index == 0 and fwd_ctx.graph.node(fwd_ref.node).attrs.get("kind") == "const":
             node.attrs["kind"], node.meta["value"] = "const", tensor
         elif fwd_ref.index == 0 and fwd_ref.node in fwd_ctx.inputs:

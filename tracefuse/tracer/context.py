@@ -73,8 +73,8 @@ class TraceContext:
         # Why autodiff must differentiate this eager trace's own autograd record rather than the
         # optimized graph (capture.py): something a graph of values cannot express took part.
         self.eager_autodiff: str | None = None
-        self._stale: set[int] = set()
-        self._grad_touched: set[int] = set()  # ids of tensors whose .grad the trace has set or decided on  # ids of traced views whose storage was since written in place
+        self._stale: set[int] = set()  # ids of traced views whose storage was since written in place
+        self._grad_touched: set[int] = set()  # ids of tensors whose .grad the trace has set or decided on
         self.mutations: dict[str, Ref] = {}  # placeholder name -> Ref of its value after the call
         self.value_guards: dict[str, list] = {}  # int argument name -> its values, read while tracing
 
@@ -103,10 +103,16 @@ class TraceContext:
             self._grads_before[name] = tensor._grad
         return ref
 
+    def binding(self, tensor):
+        """(Ref, tensor, int-arg sources) of a tensor the trace knows, else None. Keyed by id(), so
+        the stored tensor is compared too: a dead tensor's id may have been reused."""
+        bound = self._bound.get(id(tensor))
+        return bound if bound is not None and bound[1] is tensor else None
+
     def ref(self, tensor) -> Ref:
         """The graph value of `tensor`; a tensor from outside the trace is lifted as a live input."""
-        bound = self._bound.get(id(tensor))
-        if bound is not None and bound[1] is tensor:
+        bound = self.binding(tensor)
+        if bound is not None:
             if id(tensor) in self._stale:
                 raise TracingError(
                     f"tracefuse.compile: a tensor used at {user_source()} shares memory with one that was updated "
@@ -118,8 +124,8 @@ class TraceContext:
 
     def alias(self, alias, tensor):
         """`alias` (detach(), .data, ...) carries `tensor`'s value."""
-        bound = self._bound.get(id(tensor))
-        if bound is not None and bound[1] is tensor:
+        bound = self.binding(tensor)
+        if bound is not None:
             self._bound[id(alias)] = (bound[0], alias, bound[2])
             if tensor.requires_grad and not alias.requires_grad:
                 self.needs_eager_autodiff("detach() or .data of a tensor that requires grad")
@@ -127,9 +133,7 @@ class TraceContext:
     def input_changed(self, tensor, what, outside_too=False):
         """Assigning `.data` or `requires_grad` of a graph input (or, with `outside_too`, of any
         tensor from outside the trace) changes state the graph cannot replay."""
-        bound = self._bound.get(id(tensor))
-        outside = bound is None or bound[1] is not tensor
-        if id(tensor) in self._input_names or (outside_too and outside):
+        if id(tensor) in self._input_names or (outside_too and self.binding(tensor) is None):
             raise TracingError(
                 f"tracefuse.compile: setting {what} of a traced tensor at {user_source()} cannot be replayed by a "
                 "graph; update values in place (e.g. `p.copy_(new)` under no_grad) or set it outside the "
@@ -140,8 +144,8 @@ class TraceContext:
         self.eager_autodiff = self.eager_autodiff or reason
 
     def _sources(self, tensor):
-        bound = self._bound.get(id(tensor))
-        return bound[2] if bound is not None and bound[1] is tensor else None
+        bound = self.binding(tensor)
+        return bound[2] if bound is not None else None
 
     # --- hooks called by dispatch and Tensor -------------------------------------------------------
     def record(self, op, inputs, attrs, outputs):
@@ -173,7 +177,7 @@ class TraceContext:
                 f"tracefuse.compile: in-place update of a view (at {user_source()}) cannot be expressed in a "
                 "graph; write `x = x.clone()` first or update the whole tensor"
             )
-        if self._bound.get(id(tensor), (None, None))[1] is not tensor:
+        if self.binding(tensor) is None:
             self.ref(tensor)  # from outside the trace (an existing .grad that zero_() or accumulation
             # updates in place): lifted, so that the graph writes the update back
         ref = self.ref(result)
@@ -224,8 +228,7 @@ class TraceContext:
         that each call takes from `owner.grad` as it is then (kind 'grad_of'), so a new .grad
         object between calls is simply the next input; that there is one at all is guarded."""
         grad = owner._grad
-        bound = self._bound.get(id(grad))
-        if bound is not None and bound[1] is grad:
+        if self.binding(grad) is not None:
             return
         of = self.ref(owner).node
         self.add_input(f"{of}.grad", grad, "grad_of", of=of)

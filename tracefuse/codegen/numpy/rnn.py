@@ -21,23 +21,16 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir.ops import register_impl
-
-_LAYOUTS = {
-    "lstm": lambda H: (("gates", 4 * H), ("c", H)),
-    "gru": lambda H: (("gates", 3 * H), ("hn", H)),
-    "rnn": lambda H: (),
-}
-
+from ...ir.shapes import WORKSPACE_LAYOUT, WORKSPACE_WIDTH
 
 def _workspace(kind, T, B, H, dtype, buffer=None):
     """The workspace buffer (new if not given) and a dict of its [T, B, width] blocks."""
-    layout = _LAYOUTS[kind](H)
     if buffer is None:
-        buffer = np.empty(T * B * sum(w for _, w in layout), dtype)
+        buffer = np.empty(T * B * WORKSPACE_WIDTH[kind] * H, dtype)
     blocks, start = {}, 0
-    for name, width in layout:
-        blocks[name] = buffer[start:start + T * B * width].reshape(T, B, width)
-        start += T * B * width
+    for name, k in WORKSPACE_LAYOUT[kind]:
+        blocks[name] = buffer[start:start + T * B * k * H].reshape(T, B, k * H)
+        start += T * B * k * H
     return buffer, blocks
 
 
