@@ -593,8 +593,8 @@ class Function:
         outputs = (result,) if single else tuple(result)
         if not (is_grad_enabled() and any(needs)):
             return result
-        # Outputs become new tensors (aliases sharing storage) owned by this Function's node.
-        aliased = tuple(o._alias() if isinstance(o, Tensor) else o for o in outputs)
+        # Outputs become new tensors (detached aliases sharing storage) owned by this Function's node.
+        aliased = tuple(o.detach() if isinstance(o, Tensor) else o for o in outputs)
         tensors = [o for o in aliased if isinstance(o, Tensor)]
         node = BackwardFunction(cls, ctx, args, tensors)
         for saved in ctx._saved:

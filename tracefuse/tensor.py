@@ -377,10 +377,6 @@ class Tensor:
         """Pickle data, dtype and requires_grad, as PyTorch: the result is a leaf, a view its own tensor."""
         return _rebuild, (type(self), self._data, self._dtype, self.requires_grad)
 
-    def _alias(self):
-        """A new tensor object on the same storage and version counter (custom Function outputs)."""
-        return self.detach()
-
     @property
     def data(self):
         return self._traced_alias(Tensor._wrap(self._data, self._dtype, self._device))

@@ -83,7 +83,7 @@ def capture(invoke, arguments, named_state, scopes) -> Captured:
     captured.diff_outputs = diff
     captured.traced = graph  # optimize() works on a copy
     captured.log = pipeline.PassLog()
-    captured.forward = pipeline.optimize(graph, log=captured.log)
+    forward = graph
     # A function that ran backward() itself (a training step) returns plain values.
     # (Outputs can need gradients under an outer no_grad too, from an enable_grad() block.)
     if diff and not ctx.ran_backward:
@@ -91,14 +91,13 @@ def capture(invoke, arguments, named_state, scopes) -> Captured:
             # Differentiate the eager trace itself: its autograd record knows the barriers,
             # custom Functions and hooks that the optimized graph of values does not.
             _capture_backward(captured, ctx, out_leaves, diff)
-            forward = graph
         else:
             with autograd.enable_grad():
-                replay, outputs = _replay_under_autograd(captured.forward, ctx)
+                replay, outputs = _replay_under_autograd(pipeline.optimize(graph, log=captured.log), ctx)
             _capture_backward(captured, replay, outputs[:len(out_leaves)], diff)
             forward = replay.graph
-        captured.forward = pipeline.optimize(forward, log=captured.log)
         captured.backward = pipeline.optimize(captured.backward, log=captured.log)
+    captured.forward = pipeline.optimize(forward, log=captured.log)
     return captured
 
 
