@@ -1,11 +1,20 @@
 """Shared test helpers: PyTorch on the CPU is the oracle (a test-only dependency)."""
 from __future__ import annotations
 
-import numpy as np
-import pytest
-import torch
+import os
+import tempfile
 
-import tracefuse
+# Generated kernels run under Triton's interpreter in tests (a process-wide mode Triton reads at
+# import); ahead-of-time GPU builds run in subprocesses without it. Kernels go to a private cache.
+os.environ["TRITON_INTERPRET"] = "1"
+os.environ.setdefault("TRACEFUSE_CACHE_DIR", tempfile.mkdtemp(prefix="tracefuse-test-cache-"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import tracefuse  # noqa: E402
+from tracefuse.runtime import devices  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -94,3 +103,39 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def interpret(monkeypatch):
+    """`cuda:0` and `cuda:1` on the interpret backend (Triton's interpreter on host memory)."""
+    from tracefuse.runtime.interpret import InterpretBackend
+
+    monkeypatch.setattr(devices, "_backend", InterpretBackend(2))
+    return "cuda:0"
+
+
+def on_device(fn, *tensors, device="cuda:0", **kwargs):
+    """fn run on copies of `tensors` on `device`, results brought back to the CPU (tuples kept)."""
+    out = fn(*[t.to(device) if isinstance(t, tracefuse.Tensor) else t for t in tensors], **kwargs)
+    if isinstance(out, tuple):
+        return tuple(o.cpu() if isinstance(o, tracefuse.Tensor) else o for o in out)
+    return out.cpu() if isinstance(out, tracefuse.Tensor) else out
+
+
+def assert_device_matches(fn, *tensors, rtol=1e-12, atol=1e-12, **kwargs):
+    """fn on cuda:0 (interpret backend) gives what it gives on the CPU: dtype, shape, values."""
+    expected = fn(*tensors, **kwargs)
+    got = on_device(fn, *tensors, **kwargs)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    got = got if isinstance(got, tuple) else (got,)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        if not isinstance(e, tracefuse.Tensor):
+            assert g == e
+            continue
+        assert g.device.type == "cpu" and g.dtype is e.dtype and tuple(g.shape) == tuple(e.shape), (g.dtype, e.dtype, g.shape, e.shape)
+        a, b = to_numpy(g), to_numpy(e)
+        if a.dtype.kind in "biu":
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, equal_nan=True)

@@ -125,6 +125,7 @@ GRADCHECKS = {
     "flip": [(lambda x: x.flip(0, 1), [_u((2, 3))])],
     "repeat": [(lambda x: x.repeat(2, 1, 3), [_u((2, 3))])],
     "clone": [(lambda x: x.clone() * x, [_u((2, 3))])],
+    "to_device": [(lambda x: dispatch("to_device", x, device=x.device, source=x.device) * x, [_u((2, 3))])],
     "getitem": [(lambda x: x[1, ::2], [_u((2, 3))]), (lambda x: x[[0, 1, 1], [2, 0, 2]], [_u((2, 3))]),
                 (lambda x: x[x > 0], [_u((2, 3))])],
     "index_put": [(lambda x, v: _put(x, v), [_u((3, 3)), _u((2,), seed=1)])],

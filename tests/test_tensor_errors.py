@@ -271,7 +271,8 @@ def test_unsupported_python_complex():
 
 
 NO_CUDA = ("Cannot use device 'cuda:0': no CUDA backend is available in this build of tracefuse (no GPU runtime has "
-           "been initialised). Use the 'cpu' device.")
+           "been initialised). Use the 'cpu' device, or set TRACEFUSE_CUDA=interpret to run CUDA tensors on Triton's "
+           "interpreter.")
 
 
 @pytest.mark.parametrize("fn", [

@@ -214,6 +214,7 @@ class OpNode(Node):
         self.scalars = [None if isinstance(x, Tensor) else x for x in inputs]
         self.needs_input_grad = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
         self.output_meta = [(o.shape, o.dtype) for o in outputs]
+        self.device = outputs[0].device if outputs else None
         saved_in = getattr(rule, "saved_inputs", ())
         if isinstance(saved_in, slice):
             saved_in = range(len(inputs))[saved_in]
@@ -419,7 +420,8 @@ def _materialize(node, grads):
         return grads
     from . import zeros
 
-    return [g if g is not None else zeros(shape, dtype=dtype) for g, (shape, dtype) in zip(grads, node.output_meta)]
+    return [g if g is not None else zeros(shape, dtype=dtype, device=node.device)
+            for g, (shape, dtype) in zip(grads, node.output_meta)]
 
 
 def _root_grads(outputs, grad_outputs, create_graph):
@@ -533,6 +535,7 @@ class BackwardFunction(Node):
         self.input_meta = [(x.shape, x.dtype) if isinstance(x, Tensor) else None for x in inputs]
         self.needs_input_grad = ctx.needs_input_grad
         self.output_meta = [(o.shape, o.dtype) for o in outputs]
+        self.device = outputs[0].device if outputs else None
 
     def name(self):
         return f"{self.fn_cls.__name__}Backward"
@@ -546,7 +549,7 @@ class BackwardFunction(Node):
         from . import zeros
 
         if self.ctx.materialize_grads:
-            grads = [g if g is not None else zeros(s, dtype=d) for g, (s, d) in zip(grads, self.output_meta)]
+            grads = [g if g is not None else zeros(s, dtype=d, device=self.device) for g, (s, d) in zip(grads, self.output_meta)]
         result = self.fn_cls.backward(self.ctx, *grads)
         if not isinstance(result, tuple):
             result = (result,)

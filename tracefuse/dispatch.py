@@ -27,10 +27,13 @@ def dispatch(name: str, *inputs, **attrs):
     Tensor = _tensor.Tensor
     tensors = [x for x in inputs if isinstance(x, Tensor)]
     device = _common_device(tensors, attrs)
-    if device.type != "cpu":
-        _devices.backend(device)  # raises until a CUDA backend exists for this device
     out_dtype = _result_dtype(op, inputs, attrs)
-    result = op.impl(*_arguments(op, inputs, out_dtype), **attrs)
+    if name == "to_device" and "cuda" in (device.type, attrs["device"].type):  # the result lives elsewhere
+        result, device = _devices.transfer(inputs[0]._data, device, attrs["device"]), attrs["device"]
+    elif device.type == "cpu":
+        result = op.impl(*_arguments(op, inputs, out_dtype), **attrs)
+    else:
+        result = _run_on_device(op, inputs, attrs, out_dtype, device)
     arrays = result if isinstance(result, tuple) else (result,)
     outputs = tuple(_wrap(op, j, a, out_dtype, device) for j, a in enumerate(arrays))
     if op.kind == "movement" and tensors:
@@ -55,6 +58,22 @@ def _common_device(tensors, attrs):
                 f"{first} and {t.device}!"
             )
     return first
+
+
+def _run_on_device(op, inputs, attrs, out_dtype, device):
+    """Views re-describe device memory; everything else runs as generated kernels. A 0-dim CPU
+    tensor taking part is passed as a scalar, as PyTorch does."""
+    _devices.backend(device)
+    from .codegen import triton as _triton_backend
+    from .codegen.triton.views import as_view
+
+    Tensor = _tensor.Tensor
+    arguments = [(x.item() if x.device.type == "cpu" else x._data) if isinstance(x, Tensor) else x for x in inputs]
+    if op.kind == "movement":
+        view = as_view(op.name, arguments, attrs)
+        if view is not None:
+            return view
+    return _triton_backend.run_op(op, arguments, attrs, out_dtype, device)
 
 
 def _result_dtype(op, inputs, attrs):
@@ -93,6 +112,8 @@ def _cast(a, np_type):
 
 def _wrap(op, j, array, out_dtype, device):
     array = np.asarray(array)
+    if device.type != "cpu":  # emitters write the result type themselves
+        return _tensor.Tensor._wrap(array, dtypes.from_numpy_dtype(array.dtype), device)
     if out_dtype is None or j in op.aux_outputs:
         d = dtypes.from_numpy_dtype(array.dtype)
     else:

@@ -218,7 +218,7 @@ class Tensor:
 
     def __repr__(self):
         grad_fn = self.grad_fn.name() if self.grad_fn is not None else None
-        return tensor_repr(self._data, self._dtype.name, default_float=dtypes.get_default_dtype().name,
+        return tensor_repr(self._host_data(), self._dtype.name, default_float=dtypes.get_default_dtype().name,
                            device=str(self._device), requires_grad=self.requires_grad, grad_fn_name=grad_fn)
 
     # --- autograd fields ---------------------------------------------------------------------
@@ -401,7 +401,14 @@ class Tensor:
         self._values_read("item()")
         if self.numel() != 1:
             raise RuntimeError(f"a Tensor with {self.numel()} elements cannot be converted to Scalar")
-        return self._data.reshape(()).astype(self._host_type()).item()
+        return self._host_data().reshape(()).astype(self._host_type()).item()
+
+    def _host_data(self):
+        """The values as a host NumPy array (a copy from the device for CUDA tensors)."""
+        if self._device.type == "cpu":
+            return self._data
+        from .runtime import devices
+        return devices.backend(self._device).to_host(self._data)
 
     def _host_type(self):
         """The NumPy type Python values are read through (bfloat16 via float32)."""
@@ -409,7 +416,7 @@ class Tensor:
 
     def tolist(self):
         self._values_read("tolist()")
-        return self._data.astype(self._host_type()).tolist()
+        return self._host_data().astype(self._host_type()).tolist()
 
     def numpy(self, force=False):
         self._values_read("numpy()")
@@ -464,9 +471,7 @@ class Tensor:
         if dtype is not self._dtype:
             out = dispatch("cast", out, dtype=dtype)
         if device != self._device:
-            from .runtime import devices
-
-            devices.backend(device)  # raises while no GPU runtime is present
+            out = dispatch("to_device", out, device=device, source=self._device)
         if copy and out is self:
             out = self.clone()
         return out
@@ -598,7 +603,11 @@ class Tensor:
         trace = _trace.current()
         if trace is not None:
             trace.assigned(self, result)  # before the write: the trace may keep the old value
-        np.copyto(self._data, result._data, casting="unsafe")
+        if self._device.type == "cpu":
+            np.copyto(self._data, result._data, casting="unsafe")
+        else:
+            from .codegen.triton import copy_into
+            copy_into(self._device, self._data, result.to(self._device)._data)
         self._version.bump()
         if autograd.is_grad_enabled():
             self._rebase_history(result, overwrite)
@@ -641,10 +650,7 @@ class Tensor:
         self._check_overlap()
         if not isinstance(src, Tensor):
             raise TypeError(f"copy_(): argument 'src' (position 1) must be Tensor, not {type(src).__name__}")
-        if src.device != self.device:
-            from .runtime import devices
-            devices.backend(src.device if src.device.type != "cpu" else self.device)
-        return self._assign(src.to(self._dtype), overwrite=True)
+        return self._assign(src.to(self._device, self._dtype), overwrite=True)
 
     def fill_(self, value):
         self._check_inplace()

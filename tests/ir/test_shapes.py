@@ -457,6 +457,7 @@ SAMPLES = {
     "matmul": matmul,
     "reshape": reshape, "permute": permute, "expand": expand, "flip": flip, "repeat": repeat,
     "clone": unary(NUMERIC + [BOOL]),
+    "to_device": unary(NUMERIC + [BOOL], device=[tracefuse.device("cpu")], source=[tracefuse.device("cpu")]),
     "getitem": getitem, "index_put": index_put, "cat": cat, "gather": gather, "scatter": scatter,
     "index_select": index_select, "pad": pad, "tril": triangle, "triu": triangle,
     "softmax": softmax, "log_softmax": softmax, "layer_norm": layer_norm,

@@ -454,6 +454,11 @@ def _clone(ctx, g):
     return g
 
 
+@rule("to_device")
+def _to_device(ctx, g):
+    return g.to(ctx.attrs["source"])
+
+
 def _saved_index_tensors(ctx, start):
     return [ctx.saved_input(i) for i in range(start, len(ctx.input_meta))]
 

@@ -182,6 +182,7 @@ _op("expand", "movement", "same", ("shape",), shape=S.from_shape_attr)
 _op("flip", "movement", "same", ("dims",), shape=S.same)
 _op("repeat", "movement", "same", ("repeats",), shape=S.repeat)
 _op("clone", "movement", "same", shape=S.same)
+_op("to_device", "movement", "same", ("device", "source"), shape=S.same)  # a copy between devices
 # Indexing: `index` is the key with every tensor in it replaced by a placeholder; the index
 # tensors themselves are the op's trailing inputs, in order.
 _op("getitem", "movement", "same", ("index",), shape=S.getitem)

@@ -1,15 +1,58 @@
-"""Devices. The CPU runs NumPy directly. CUDA devices need the runtime's CUDA backend
-(cuda-python on a real GPU, or Triton's interpreter on host memory), which this version of
-tracefuse does not have yet: every request for one ends in `backend`'s clear error."""
+"""Devices. The CPU runs NumPy directly; `cuda:N` devices belong to a backend chosen once per
+process by `TRACEFUSE_CUDA`:
+
+  interpret[:N]  Triton's interpreter on host memory, N logical devices (default 2)
+  (unset)        the GPUs cuda-python sees (the CUDA backend)
+"""
 from __future__ import annotations
+
+import os
+
+_backend = None
+
+
+def _parse(spec: str):
+    kind, _, count = spec.partition(":")
+    if kind not in ("interpret",) or (count and not count.isdigit()) or count == "0":
+        raise RuntimeError(f"TRACEFUSE_CUDA={spec!r} is not understood; use 'interpret' or 'interpret:N' (N >= 1)")
+    return kind, int(count or 2)
+
+
+def active_backend():
+    """The process's CUDA backend, or None when there is none (no GPU, no interpret mode)."""
+    global _backend
+    if _backend is None:
+        spec = os.environ.get("TRACEFUSE_CUDA", "")
+        if spec:
+            _, count = _parse(spec)
+            from .interpret import InterpretBackend
+
+            _backend = InterpretBackend(count)
+    return _backend
 
 
 def backend(device):
-    """The backend that owns a non-CPU `device`: none yet, so a RuntimeError saying so."""
-    raise RuntimeError(
-        f"Cannot use device '{device}': no CUDA backend is available in this build of tracefuse "
-        "(no GPU runtime has been initialised). Use the 'cpu' device."
-    )
+    """The backend that owns the non-CPU `device`; a clear RuntimeError when there is none or the
+    index is out of range."""
+    found = active_backend()
+    if found is None:
+        raise RuntimeError(
+            f"Cannot use device '{device}': no CUDA backend is available in this build of tracefuse "
+            "(no GPU runtime has been initialised). Use the 'cpu' device, or set "
+            "TRACEFUSE_CUDA=interpret to run CUDA tensors on Triton's interpreter."
+        )
+    if not 0 <= device.index < found.device_count():
+        raise RuntimeError("CUDA error: invalid device ordinal")
+    return found
+
+
+def transfer(array, source, target):
+    """A copy of `array` (on device `source`) on device `target`."""
+    if target.type == "cpu":
+        return backend(source).to_host(array) if source.type != "cpu" else array.copy()
+    if source.type == "cpu":
+        return backend(target).from_host(array, target)
+    return backend(target).copy_between(array, target)
 
 
 def _driver_api():

@@ -1,0 +1,16 @@
+"""Triton codegen: one emitter per op (registered by op name, like the NumPy implementations),
+the pointwise kernel builder, fused groups, and the launch records that explain() shows.
+
+Importing this package registers every emitter.
+"""
+from . import creation, elementwise, matmul, movement, multi_tensor, nn, reduce, rnn  # noqa: F401
+from .launch import EMITTERS, NoEmitterError, recording, run_op  # noqa: F401
+
+
+def copy_into(device, dst, src):
+    """dst[...] = src on `device` (broadcast, cast): how in-place writes reach device memory."""
+    from ...ir import ops
+    from .elementwise import copy_into as _copy
+    from .launch import OpCall
+
+    _copy(OpCall(ops.get("clone"), [src], {}, None, device), dst, src)

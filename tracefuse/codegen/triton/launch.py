@@ -1,0 +1,136 @@
+"""Running an op on a CUDA device: the emitter registry, the call an emitter works on, and
+kernel launches (recorded for `explain().kernels`, kernel counts and ahead-of-time builds).
+
+An emitter is registered per op name with `@emitter("add", ...)`. It receives an `OpCall`:
+the op, its inputs (device arrays, Python scalars, None), attrs, result dtype, device and
+provenance; it allocates outputs with `call.empty`, builds kernels with `call.kernel` and
+launches them with `call.launch`, and returns the output array (or a tuple). Emitters read only
+arrays' metadata (shape, strides, dtype), never their values: the arrays live on the device.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from ... import dtypes
+from ...runtime import devices
+from . import kernel as _kernel
+
+EMITTERS: dict = {}
+
+
+def emitter(*names):
+    """Register the decorated function as the Triton emitter of ops `names`."""
+    def register(fn):
+        for name in names:
+            assert name not in EMITTERS, f"two Triton emitters for op '{name}'"
+            EMITTERS[name] = fn
+        return fn
+    return register
+
+
+class NoEmitterError(NotImplementedError):
+    """An op with no Triton emitter was asked to run on a CUDA device."""
+
+
+# Triton's name for each element type (pointer signatures, `tl.<type>` in generated code).
+TRITON_TYPES = {
+    "float32": "fp32", "float64": "fp64", "float16": "fp16", "bfloat16": "bf16", "int64": "i64",
+    "int32": "i32", "int16": "i16", "int8": "i8", "uint8": "u8", "bool": "i1",
+}
+TL_TYPES = {
+    "float32": "tl.float32", "float64": "tl.float64", "float16": "tl.float16", "bfloat16": "tl.bfloat16",
+    "int64": "tl.int64", "int32": "tl.int32", "int16": "tl.int16", "int8": "tl.int8", "uint8": "tl.uint8",
+    "bool": "tl.int1",
+}
+
+
+def tl_type(dtype) -> str:
+    """`tl.float32` etc. for a tracefuse dtype or NumPy dtype."""
+    return TL_TYPES[_np_name(dtype)]
+
+
+def _np_name(dtype) -> str:
+    if isinstance(dtype, dtypes.dtype):
+        dtype = dtype.np_type
+    return np.dtype(dtype).name
+
+
+@dataclass
+class LaunchRecord:
+    """One kernel launch: what `explain().kernels` shows and what an AOT build compiles."""
+
+    kernel: _kernel.Kernel
+    grid: tuple
+    signature: dict  # argument name -> Triton type ("*fp32", "i32", ...)
+    constexprs: dict
+
+
+_recorders: list[list] = []
+
+
+@contextlib.contextmanager
+def recording():
+    """Collect the `LaunchRecord`s of every launch made inside the block."""
+    records: list = []
+    _recorders.append(records)
+    try:
+        yield records
+    finally:
+        _recorders.remove(records)
+
+
+class OpCall:
+    """One op to run on a device, as an emitter sees it."""
+
+    def __init__(self, op, inputs, attrs, out_dtype, device, provenance=""):
+        self.op, self.inputs, self.attrs = op, list(inputs), dict(attrs)
+        self.out_dtype, self.device, self.provenance = out_dtype, device, provenance
+        self.backend = devices.backend(device)
+
+    def empty(self, shape, dtype):
+        """A new C-contiguous device array (dtype: a tracefuse or NumPy dtype)."""
+        np_dtype = dtype.np_type if isinstance(dtype, dtypes.dtype) else np.dtype(dtype)
+        return self.backend.empty(tuple(shape), np_dtype, self.device)
+
+    def kernel(self, name: str, body: str) -> _kernel.Kernel:
+        return _kernel.build(name, body, self.provenance)
+
+    def launch(self, kernel, grid, *args, **constexprs):
+        """Launch `kernel` over `grid` (a tuple of program counts); arrays among `args` are passed
+        as device pointers, ints and floats as scalars."""
+        grid = tuple(int(g) for g in grid)
+        if not all(grid):
+            return  # an empty grid: nothing to compute
+        converted = [self.backend.pointer(a) if isinstance(a, np.ndarray) else a for a in args]
+        if _recorders:
+            record = LaunchRecord(kernel, grid, _signature(kernel, args), dict(constexprs))
+            for records in _recorders:
+                records.append(record)
+        self.backend.launch(kernel, grid, converted, constexprs, self.device)
+
+
+def _signature(kernel, args) -> dict:
+    names = kernel.fn.arg_names
+    wide_floats = any(isinstance(a, np.ndarray) and a.dtype == np.float64 for a in args)
+    signature = {}
+    for name, a in zip(names, args):
+        if isinstance(a, np.ndarray):
+            signature[name] = "*" + TRITON_TYPES[a.dtype.name]
+        elif isinstance(a, (bool, np.bool_)):
+            signature[name] = "i1"
+        elif isinstance(a, (int, np.integer)):
+            signature[name] = "i32" if -2**31 <= a < 2**31 else "i64"
+        else:
+            signature[name] = "fp64" if wide_floats else "fp32"
+    return signature
+
+
+def run_op(op, inputs, attrs, out_dtype, device, provenance=""):
+    """Run `op` on `device` through its emitter; returns what the emitter returns."""
+    emit = EMITTERS.get(op.name)
+    if emit is None:
+        raise NoEmitterError(f"op '{op.name}' has no Triton emitter, so it cannot run on {device}")
+    return emit(OpCall(op, inputs, attrs, out_dtype, device, provenance))

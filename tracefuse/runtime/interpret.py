@@ -1,0 +1,122 @@
+"""The interpret backend: `cuda:0..N-1` as logical devices in host memory, kernels run by
+Triton's interpreter (`TRACEFUSE_CUDA=interpret[:N]`, default 2 devices).
+
+Device memory is NumPy arrays owned by this backend; kernels receive `HostPointer`s, the small
+adapter Triton's interpreter needs to read them (`data_ptr()`, `dtype` and the storage calls
+its argument staging makes). Work runs when it is queued, so streams and events only keep their
+order. Triton's interpreter is a process-wide mode chosen when Triton is imported, which is why
+this backend turns it on before Triton's first import and refuses to start after a compiling
+import.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import weakref
+
+import numpy as np
+
+from .backend import Backend
+
+
+class _HostStorage:
+    def __init__(self, address):
+        self.address = address
+
+    def data_ptr(self):
+        return self.address
+
+    def cpu(self):
+        return self
+
+    def copy_(self, other):
+        pass  # the interpreter wrote straight into this memory
+
+
+class HostPointer:
+    """A kernel argument pointing at the first element of a NumPy array (Triton's interpreter
+    treats any object with `data_ptr()` and `dtype` as a pointer of that element type)."""
+
+    def __init__(self, array):
+        self.address = array.__array_interface__["data"][0]
+        self.dtype = array.dtype
+
+    def data_ptr(self):
+        return self.address
+
+    def untyped_storage(self):
+        return _HostStorage(self.address)
+
+    def storage_offset(self):
+        return 0
+
+    def size(self):
+        return ()
+
+    def stride(self):
+        return ()
+
+    def new_empty(self, *size, **kwargs):
+        staged = HostPointer.__new__(HostPointer)
+        staged.address, staged.dtype = self.address, self.dtype
+        return staged
+
+    def set_(self, storage, offset, size, stride):
+        self.address = storage.data_ptr() + offset * self.dtype.itemsize
+        return self
+
+
+def enable_triton_interpreter():
+    """Make Triton interpret kernels; possible only before Triton compiles anything in-process."""
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            "TRACEFUSE_CUDA=interpret needs Triton's interpreter, but Triton was imported without "
+            "it: set TRITON_INTERPRET=1 (or TRACEFUSE_CUDA) before importing triton"
+        )
+    os.environ["TRITON_INTERPRET"] = "1"
+
+
+class InterpretBackend(Backend):
+    name = "interpret"
+
+    def __init__(self, devices=2):
+        enable_triton_interpreter()
+        self._count = devices
+        self._allocated = [0] * devices
+
+    def device_count(self):
+        return self._count
+
+    def empty(self, shape, np_dtype, device):
+        array = np.empty(shape, np_dtype)
+        self._allocated[device.index] += array.nbytes
+        weakref.finalize(array, self._release, device.index, array.nbytes)
+        return array
+
+    def _release(self, index, nbytes):
+        self._allocated[index] -= nbytes
+
+    def from_host(self, array, device):
+        out = self.empty(array.shape, array.dtype, device)
+        np.copyto(out, array)
+        return out
+
+    def to_host(self, array):
+        return np.array(array, copy=True)
+
+    def copy_between(self, array, device):
+        return self.from_host(array, device)
+
+    def pointer(self, array):
+        # A pointer's element type is the array's; a bool array is read as Triton's int1.
+        return HostPointer(array)
+
+    def launch(self, kernel, grid, args, constexprs, device, stream=None):
+        with np.errstate(all="ignore"):  # masked-off lanes compute on whatever memory holds
+            kernel.fn[grid](*args, **constexprs)
+
+    def synchronize(self, device=None):
+        pass
+
+    def memory_allocated(self, device):
+        return self._allocated[device.index]
