@@ -187,6 +187,10 @@ def _unfused_clip_graph(n, max_norm=0.25, p=2.0):
     return g
 
 
+def graph_op(graph, ref):
+    return graph.node(ref.node).op
+
+
 @pytest.mark.parametrize("n", [3, 200])
 def test_clip_norm_fusion_makes_two_multi_tensor_nodes(n):
     g = _unfused_clip_graph(n)
@@ -196,12 +200,14 @@ def test_clip_norm_fusion_makes_two_multi_tensor_nodes(n):
     assert_same_results(g, after)
     counts = op_counts(after)
     assert counts["multi_tensor_norm"] == 1 and counts["multi_tensor_scale"] == 1
-    assert counts == {"input": n, "multi_tensor_norm": 1, "multi_tensor_scale": 1, "add": 1, "div": 1, "clamp": 1}
+    assert counts == {"input": n, "multi_tensor_norm": 1, "multi_tensor_scale": 1}
     assert log.rules() == ["clip_norm_fusion/stacked_norms_to_multi_tensor_norm",
-                           "clip_norm_fusion/scaling_muls_to_multi_tensor_scale"]
+                           "clip_norm_fusion/scaling_muls_to_multi_tensor_scale",
+                           "clip_norm_fusion/fold_clip_coefficient"]
     assert len(log.entries[1].nodes) == n
     scale = [x for x in after.nodes if x.op == "multi_tensor_scale"][0]
     assert scale.inputs[1:] == tuple(Ref(f"g{i}") for i in range(n)) and len(scale.meta["outputs"]) == n
+    assert scale.attrs == {"max_norm": 0.25} and graph_op(after, scale.inputs[0]) == "multi_tensor_norm"
 
 
 def test_clip_norm_fusion_scales_by_norm_derived_coefficient_only():
@@ -210,8 +216,21 @@ def test_clip_norm_fusion_scales_by_norm_derived_coefficient_only():
     s = g.add_input("s", (), F64)
     total = add(g, "multi_tensor_norm", a, b, p=2.0)
     coef = add(g, "clamp", add(g, "div", 1.0, add(g, "add", total, 1e-6)), min=None, max=1.0)
-    scaled = add(g, "multi_tensor_scale", coef, a, b)  # clip_grad_norm_'s own idiom: already fused
+    scaled = add(g, "multi_tensor_scale", coef, a, b, max_norm=None)
     g.outputs = [total, add(g, "mul", a, s), add(g, "mul", b, s), *scaled]  # s is not from the norm
+    log = PassLog()
+    after = dead_code(clip_norm_fusion(g.copy(), log))
+    assert log.rules() == ["clip_norm_fusion/fold_clip_coefficient"]  # the muls by s stay
+    assert_same_results(g, after)
+    assert op_counts(after) == {"input": 3, "multi_tensor_norm": 1, "multi_tensor_scale": 1, "mul": 2}
+
+
+def test_clip_norm_fusion_keeps_other_coefficients():
+    g = Graph()
+    a = g.add_input("a", (3,), F64)
+    total = add(g, "multi_tensor_norm", a, p=2.0)
+    coef = add(g, "clamp", add(g, "div", 1.0, add(g, "add", total, 1e-5)), min=None, max=1.0)  # not 1e-6
+    g.outputs = list(add(g, "multi_tensor_scale", coef, a, max_norm=None))
     log = PassLog()
     after = clip_norm_fusion(g.copy(), log)
     assert len(log) == 0 and str(after) == str(g)
@@ -271,7 +290,7 @@ def test_kernel_count_views_and_multi_tensor_clip():
     g.outputs = [add(g, "add", flat, copy), add(g, "getitem", x, index=(1,))]
     assert kernel_count(elementwise_fusion(g)) == 2
     clip = elementwise_fusion(dead_code(clip_norm_fusion(_unfused_clip_graph(10))))
-    assert kernel_count(clip) == 3  # the norm, the 0-dim coefficient group, the scale
+    assert kernel_count(clip) == 2  # the norm; the scale computes its coefficient itself
 
 
 # --- memory plan -------------------------------------------------------------------------------------

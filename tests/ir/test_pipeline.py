@@ -71,9 +71,8 @@ def test_optimize_turns_any_hand_written_clipping_into_two_multi_tensor_nodes(n)
     g.outputs = [add(g, "mul", gi, coef) for gi in grads]
     out = pipeline.optimize(g, verify=True)
     assert_same_results(g, out)
-    assert op_counts(out) == {"input": n, "multi_tensor_norm": 1, "multi_tensor_scale": 1, "add": 1, "div": 1,
-                              "clamp": 1}
-    assert kernel_count(out) == 3
+    assert op_counts(out) == {"input": n, "multi_tensor_norm": 1, "multi_tensor_scale": 1}
+    assert kernel_count(out) == 2
 
 
 def _broken(graph, log):

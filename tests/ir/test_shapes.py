@@ -421,7 +421,7 @@ def multi_tensor_norm(rng):
 
 
 def multi_tensor_scale(rng):
-    return [tensor(rng, (), F32), *tensor_list(rng)], {}
+    return [tensor(rng, (), F32), *tensor_list(rng)], {"max_norm": pick(rng, [None, 1.0])}
 
 
 SAMPLES = {

@@ -255,8 +255,10 @@ _op("rnn_cell", "composite", "same", ("has_bias", "nonlinearity"), shape=S.recur
 # --- multi-tensor ops (clip_grad_norm, optimizers): one node whatever the tensor count --------
 # multi_tensor_norm(*tensors) -> 0-dim: the p-norm of the per-tensor p-norms (each rounded to its
 # tensor's dtype; the result has their promoted dtype), i.e. the norm of all tensors concatenated.
-# multi_tensor_scale(coef, *tensors) -> each tensor times the 0-dim coef, in its own dtype.
+# multi_tensor_scale(coef, *tensors) -> each tensor times the 0-dim coef, in its own dtype; with
+# max_norm, the first input is a total norm and the coef is clip_grad_norm_'s
+# min(max_norm / (norm + 1e-6), 1), computed inside the op (so clipping is two nodes, two kernels).
 _op("multi_tensor_norm", "collective", "custom", ("p",), shape=S.scalar, differentiable=False,
     out_dtypes=("promote_types",))
-_op("multi_tensor_scale", "collective", "custom", (), shape=S.each_after_first, differentiable=False, n_outputs=-1,
+_op("multi_tensor_scale", "collective", "custom", ("max_norm",), shape=S.each_after_first, differentiable=False, n_outputs=-1,
     out_dtypes=("own",))

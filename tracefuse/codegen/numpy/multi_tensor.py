@@ -61,11 +61,20 @@ def multi_tensor_norm(*tensors, p):
         return np.asarray(_vector_norm(norms, p), dtype=ct).astype(result.np_type)
 
 
+def clip_coefficient(total_norm, max_norm):
+    """clip_grad_norm_'s min(max_norm / (total_norm + 1e-6), 1), in the norm's type."""
+    t = total_norm.dtype.type
+    return np.minimum(t(max_norm) / (total_norm + t(1e-6)), t(1.0))
+
+
 @register_impl("multi_tensor_scale")
-def multi_tensor_scale(coef, *tensors):
-    """Every tensor times the 0-dim `coef`, which is cast to each tensor's compute type first."""
+def multi_tensor_scale(coef, *tensors, max_norm=None):
+    """Every tensor times the 0-dim `coef` (or, with `max_norm`, the clip coefficient of the total
+    norm `coef`), cast to each tensor's compute type first."""
     out = []
     with np.errstate(all="ignore"):
+        if max_norm is not None:
+            coef = clip_coefficient(coef, max_norm)
         for t in tensors:
             ct = _compute_type(t.dtype)
             out.append((t.astype(ct, copy=False) * coef.astype(ct)).astype(t.dtype, copy=False))

@@ -1,11 +1,11 @@
 """Clip-norm fusion: gradient clipping as two multi-tensor nodes, whatever the parameter count.
 
-`clip_grad_norm_` already dispatches `multi_tensor_norm(*grads)`, a few 0-dim coefficient ops
-(add 1e-6, divide into max_norm, clamp to 1) and `multi_tensor_scale(coef, *grads)`; that form
-passes through unchanged. Hand-written clipping traces as one `norm` per tensor, a stack
-(reshape to [1] + cat) and a norm of the stack, then one `mul` per tensor; two rules turn the
-norms into one `multi_tensor_norm` and the muls into one `multi_tensor_scale`. The 0-dim
-coefficient ops between them stay (elementwise fusion makes them one tiny kernel).
+`clip_grad_norm_` already dispatches `multi_tensor_norm(*grads)` and
+`multi_tensor_scale(total, *grads, max_norm=m)`; that form passes through unchanged.
+Hand-written clipping traces as one `norm` per tensor, a stack (reshape to [1] + cat) and a norm
+of the stack, then the coefficient min(m / (total + 1e-6), 1) as 0-dim ops and one `mul` per
+tensor; three rules turn the norms into one `multi_tensor_norm`, the muls into one
+`multi_tensor_scale`, and fold the coefficient ops into that scale (two nodes, two kernels).
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def _match_scaling_muls(graph, norm):
 def _fuse_muls(graph, found):
     coef, pairs = found
     first = min((mul for _, mul in pairs), key=lambda m: graph.position(m.name))
-    fused = graph.add_node("multi_tensor_scale", [coef] + [g for g, _ in pairs], {},
+    fused = graph.add_node("multi_tensor_scale", [coef] + [g for g, _ in pairs], {"max_norm": None},
                            {"outputs": [mul.meta["outputs"][0] for _, mul in pairs], **inherited_meta(first)},
                            before=first.name)
     for i, (_, mul) in enumerate(pairs):
@@ -93,9 +93,37 @@ def _fuse_muls(graph, found):
     return [mul.name for _, mul in pairs], f"-> %{fused.name} scaling {len(pairs)} tensors by {coef}"
 
 
+def _match_clip_coefficient(graph, scale):
+    """multi_tensor_scale(clamp(m / (total + 1e-6), max=1), *grads) -> (scale, total, m)."""
+    if scale.op != "multi_tensor_scale" or scale.attrs.get("max_norm") is not None:
+        return None
+    clamp = _producer(graph, scale.inputs[0], "clamp")
+    if clamp is None or clamp.attrs["min"] is not None or clamp.attrs["max"] != 1.0:
+        return None
+    div = _producer(graph, clamp.inputs[0], "div")
+    if div is None or isinstance(div.inputs[0], Ref) or isinstance(div.inputs[0], bool):
+        return None
+    add = _producer(graph, div.inputs[1], "add")
+    if add is None or add.inputs[1] != 1e-6 or not isinstance(add.inputs[0], Ref):
+        return None
+    total = add.inputs[0]
+    if graph.node(total.node).meta["outputs"][total.index] != clamp.meta["outputs"][0]:
+        return None  # the coefficient must be computed in the total's own 0-dim type
+    return scale, total, float(div.inputs[0])
+
+
+def _fold_coefficient(graph, found):
+    scale, total, max_norm = found
+    fused = graph.add_node("multi_tensor_scale", (total,) + scale.inputs[1:], {"max_norm": max_norm},
+                           dict(scale.meta), before=scale.name)
+    replace_node(graph, scale.name, [Ref(fused.name, i) for i in range(len(scale.meta["outputs"]))])
+    return [scale.name], f"-> %{fused.name} computing min({max_norm} / (%{total.node} + 1e-6), 1) itself"
+
+
 RULES = [
     Rule("stacked_norms_to_multi_tensor_norm", _match_stacked_norms, _fuse_norms),
     Rule("scaling_muls_to_multi_tensor_scale", _match_scaling_muls, _fuse_muls),
+    Rule("fold_clip_coefficient", _match_clip_coefficient, _fold_coefficient),
 ]
 
 

@@ -51,9 +51,9 @@ def clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None):
     grads = _grads(parameters)
     if not grads:
         return
-    clip_coef = float(max_norm) / (total_norm + 1e-6)
-    # Multiplying by a coefficient clamped to 1 avoids a host-side `if`, which would wait for the device.
-    scaled = dispatch("multi_tensor_scale", clip_coef.clamp(max=1.0), *grads)
+    # The op computes min(max_norm / (total_norm + 1e-6), 1) itself and multiplies by it, clamped to
+    # 1 rather than skipped, which would need a host-side `if` waiting for the device.
+    scaled = dispatch("multi_tensor_scale", total_norm, *grads, max_norm=float(max_norm))
     for g, s in zip(grads, scaled):
         g._assign(s)
 
