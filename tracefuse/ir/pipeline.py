@@ -12,7 +12,7 @@ import os
 from .graph import Graph
 from .passes import (clip_norm_fusion, constant_fold, cse, dead_code, elementwise_fusion, gate_fusion,
                      memory_plan, rnn_loop_rolling)
-from .passes.elementwise_fusion import groups, kernel_count  # noqa: F401  (the stage's public API)
+from .passes.elementwise_fusion import groups, kernel_count, schedule  # noqa: F401  (the stage's public API)
 from .rewrite import PassLog
 
 PASSES = [

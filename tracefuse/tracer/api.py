@@ -22,7 +22,7 @@ from . import dump, pytree, runner
 from .capture import capture
 from .context import TracingError, WarmupRequired
 
-BACKENDS = ("auto", "numpy")
+BACKENDS = ("auto", "numpy", "triton")
 FALLBACKS = ("error", "eager")
 
 
@@ -150,6 +150,7 @@ class CompiledCallable:
             random.set_state(rng_state)
             return self._fall_back(str(exc), arguments, guards)
         random.set_state(rng_state)  # tracing drew random numbers; the call itself draws them again
+        captured.backend = _backend_for(captured.forward, self.options.backend)
         entry = Entry(guards, captured.value_guards, captured)
         self.entries.append(entry)
         dump.maybe_dump(self, entry)
@@ -189,14 +190,26 @@ class CompiledCallable:
         return {id(m): name for name, m in self.module.named_modules(remove_duplicate=False)}
 
 
+def _backend_for(graph, requested):
+    """'triton' for a graph on CUDA devices, 'numpy' for a CPU graph; a backend that cannot run
+    where the tensors are is a clear error."""
+    on_cuda = sorted({n.meta["device"] for n in graph.nodes if n.meta.get("device", "cpu") != "cpu"})
+    chosen = "triton" if on_cuda else "numpy"
+    if requested not in ("auto", chosen):
+        where = f"CUDA tensors ({', '.join(on_cuda)})" if on_cuda else "CPU tensors"
+        runs = "on CUDA devices" if requested == "triton" else "on the CPU"
+        raise ValueError(f"tracefuse.compile: backend={requested!r} runs {runs}, but this call has {where}; "
+                         "move the model and its inputs with .to(device), or use backend='auto'")
+    return chosen
+
+
 def _name(fn):
     return getattr(fn, "__qualname__", None) or type(fn).__name__
 
 
 def _options(backend, fullgraph, dynamic, fallback, options):
     if backend not in BACKENDS:
-        raise ValueError(f"tracefuse.compile: unknown backend {backend!r}; available: {', '.join(BACKENDS)} "
-                         "(the Triton backend arrives with the codegen stage)")
+        raise ValueError(f"tracefuse.compile: unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     if fallback not in FALLBACKS:
         raise ValueError(f"tracefuse.compile: fallback must be one of {FALLBACKS}, got {fallback!r}")
     if dynamic:

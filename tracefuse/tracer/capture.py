@@ -41,6 +41,8 @@ class Captured:
     saved: list = field(default_factory=list)  # backward placeholder names fed by extra forward outputs
     traced: Graph | None = None  # the forward as traced, before the passes
     log: object = None
+    backend: str = "numpy"  # runs on the NumPy interpreter, or as Triton kernels on a CUDA device
+    launches: list = field(default_factory=list)  # the forward's kernel launches in the latest call
 
 
 def _stand_in(t):

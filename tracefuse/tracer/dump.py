@@ -16,6 +16,7 @@ class ExplainReport:
     optimized: object  # after the pass pipeline
     backward: object | None
     kernels: dict = field(default_factory=dict)  # kernel name -> generated source (none for NumPy)
+    backend: str = "numpy"
     guards: dict = field(default_factory=dict)
     fallbacks: list = field(default_factory=list)
     recompiles: list = field(default_factory=list)
@@ -23,8 +24,10 @@ class ExplainReport:
     kernel_count: int = 0  # launches per call of the forward
 
     def __str__(self):
+        kernels = (f"{len(self.kernels)} generated Triton kernels" if self.backend == "triton"
+                   else "NumPy backend: no generated kernels")
         parts = [f"tracefuse.explain: {len(self.optimized.nodes)} nodes after passes, "
-                 f"{self.kernel_count} kernel launches per call (NumPy backend: no generated kernels)",
+                 f"{self.kernel_count} kernel launches per call ({kernels})",
                  "", "== graph (as traced) ==", str(self.graph),
                  "", "== optimized ==", str(self.optimized)]
         if self.backward is not None:
@@ -39,9 +42,28 @@ class ExplainReport:
 
 
 def report(compiled, entry) -> ExplainReport:
+    """The Triton backend reports the kernels the latest call launched (their count is measured);
+    the NumPy backend the launches a fusing backend would make (pipeline.kernel_count)."""
     c = entry.captured
-    return ExplainReport(c.traced, c.forward, c.backward, {}, dict(entry.guards), list(compiled.fallbacks),
-                         list(compiled.recompiles), c.log, pipeline.kernel_count(c.forward))
+    if c.backend == "triton":
+        kernels, count = _kernel_sources(c.launches), len(c.launches)
+    else:
+        kernels, count = {}, pipeline.kernel_count(c.forward)
+    return ExplainReport(c.traced, c.forward, c.backward, kernels, c.backend, dict(entry.guards),
+                         list(compiled.fallbacks), list(compiled.recompiles), c.log, count)
+
+
+def _kernel_sources(launches) -> dict:
+    """Kernel name -> source, in launch order; a name built twice with different text gets _2, _3."""
+    sources: dict = {}
+    for record in launches:
+        kernel = record.kernel
+        name, n = kernel.name, 1
+        while name in sources and sources[name] != kernel.source:
+            n += 1
+            name = f"{kernel.name}_{n}"
+        sources[name] = kernel.source
+    return sources
 
 
 def explain(obj, *args, **kwargs) -> ExplainReport:
@@ -86,8 +108,10 @@ def maybe_dump(compiled, entry) -> None:
         if rep.backward is not None:
             (folder / "backward.txt").write_text(str(rep.backward) + "\n")
     if "kernels" in wanted:
-        (folder / "kernels.txt").write_text("# NumPy backend: no generated kernels\n" + "".join(
-            f"# --- {k}\n{src}\n" for k, src in rep.kernels.items()))
+        header = "" if rep.kernels else "# NumPy backend: no generated kernels\n"
+        (folder / "kernels.txt").write_text(header + "".join(f"# --- {k}\n{src}\n" for k, src in rep.kernels.items()))
+        for k, src in rep.kernels.items():
+            (folder / f"{k}.py").write_text(src)
     if "guards" in wanted:
         (folder / "guards.txt").write_text("".join(f"{k} == {v!r}\n" for k, v in rep.guards.items()) +
                                            "".join(f"recompiled: {r}\n" for r in rep.recompiles))

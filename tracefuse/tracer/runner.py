@@ -10,6 +10,20 @@ from ..creation import zeros
 from . import pytree
 
 
+def execute(captured, graph, inputs):
+    """Run one of `captured`'s graphs on its backend; the Triton backend keeps the forward's
+    kernel launches of the latest call in `captured.launches` (for explain)."""
+    if captured.backend == "triton":
+        from ..codegen.triton import executor, recording
+
+        with recording() as launches:
+            outputs = executor.run(graph, inputs)
+        if graph is captured.forward:
+            captured.launches = launches
+        return outputs
+    return interpreter.run(graph, inputs)
+
+
 class CompiledBackward(autograd.Node):
     """The autograd node of one compiled call: its apply runs the captured backward graph."""
 
@@ -23,6 +37,7 @@ class CompiledBackward(autograd.Node):
         self.input_meta = [(t.shape, t.dtype) for t in inputs]
         self.needs_input_grad = (True,) * len(inputs)
         self.output_meta = [(o.shape, o.dtype) for o in outputs]
+        self.device = outputs[0].device if outputs else None
 
     def name(self):
         return "CompiledFunctionBackward"
@@ -41,13 +56,23 @@ class CompiledBackward(autograd.Node):
         c = self.captured
         inputs = dict(zip(c.saved, self.saved_values))
         for k, g, (shape, dtype) in zip(c.diff_outputs, grads, self.output_meta):
-            inputs[f"grad_out_{k}"] = g if g is not None else zeros(shape, dtype=dtype)
+            inputs[f"grad_out_{k}"] = g if g is not None else zeros(shape, dtype=dtype, device=self.device)
         for node in c.backward.inputs():
             source = node.meta.get("forward_input")
             if source is not None:
                 inputs[node.name] = self.live[source]
-        grads = interpreter.run(c.backward, inputs)
+        grads = execute(c, c.backward, inputs)
         return [autograd._validated(self, i, g) for i, g in enumerate(grads)]
+
+
+def _write(target, value):
+    """target's memory = value's (an in-place update of the call written back)."""
+    if target.device.type == "cpu":
+        np.copyto(target._data, value._data, casting="unsafe")
+    else:
+        from ..codegen.triton import copy_into
+
+        copy_into(target.device, target._data, value._data)
 
 
 def run(captured, arg_leaves):
@@ -56,7 +81,7 @@ def run(captured, arg_leaves):
     live.update(zip(captured.arg_names, arg_leaves))
     for name, of in captured.grad_inputs:
         live[name] = live[of]._grad  # gradients are read as they are at this call
-    outputs = interpreter.run(captured.forward, live)
+    outputs = execute(captured, captured.forward, live)
     n = captured.n_user_outputs
     constants = [node.meta["value"]._data for node in captured.forward.inputs() if node.attrs["kind"] == "const"]
 
@@ -68,7 +93,7 @@ def run(captured, arg_leaves):
     rest = iter(outputs[n:])
     for name in captured.mutated:
         target = live[name]
-        np.copyto(target._data, next(rest)._data, casting="unsafe")
+        _write(target, next(rest))
         target._version.bump()
     for name, has_value in captured.grad_assignments:
         live[name]._grad = fresh(next(rest)) if has_value else None

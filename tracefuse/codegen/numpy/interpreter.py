@@ -4,6 +4,9 @@ Each node runs exactly as the same op runs eagerly (same dtype rules, same NumPy
 implementation), so a compiled graph and eager code agree to the last bit. Values are freed after
 their last use (the memory plan's `free_after`), and an error names the IR node
 and the user's source line, as torch.fx's Interpreter does.
+
+A fusing backend passes `run_group`: the graph then runs in `pipeline.schedule` order and each
+elementwise fusion group runs at once through that callback (the Triton backend, one kernel).
 """
 from __future__ import annotations
 
@@ -18,13 +21,14 @@ class GraphExecutionError(RuntimeError):
     """An op failed while a compiled graph ran; the message names the node and source line."""
 
 
-def run(graph, inputs: dict, record_autograd=False):
+def run(graph, inputs: dict, record_autograd=False, run_group=None, node_context=None):
     """Evaluate `graph` on `inputs` (placeholder name -> Tensor); returns its outputs as a list.
 
     Placeholders missing from `inputs` take their `meta["value"]` (constants). Values are dropped
     after the node the memory plan (`meta["free_after"]`) names as their last reader. With
     `record_autograd` the ops are recorded for autograd like eager ones (the tracer uses this to
-    differentiate an optimized graph)."""
+    differentiate an optimized graph). `run_group(graph, members, value)` runs a fusion group and
+    returns {member: Tensor}; `node_context(graph, node)` is entered around each node's op."""
     env = {}
 
     def value(x):
@@ -33,19 +37,45 @@ def run(graph, inputs: dict, record_autograd=False):
             return v[x.index] if isinstance(v, tuple) else v
         return x
 
+    steps, frees = _plan(graph, run_group)
     with contextlib.nullcontext() if record_autograd else no_grad():
-        for node in graph.nodes:
-            if node.op == PLACEHOLDER:
-                env[node.name] = inputs[node.name] if node.name in inputs else node.meta["value"]
-                continue
+        for step in steps:
+            node = graph.node(step[0] if isinstance(step, list) else step)
             try:
-                env[node.name] = dispatch(node.op, *[value(x) for x in node.inputs], **node.attrs)
+                if isinstance(step, list):
+                    env.update(run_group(graph, step, value))
+                elif node.op == PLACEHOLDER:
+                    env[node.name] = inputs[node.name] if node.name in inputs else node.meta["value"]
+                else:
+                    with node_context(graph, node) if node_context else contextlib.nullcontext():
+                        env[node.name] = dispatch(node.op, *[value(x) for x in node.inputs], **node.attrs)
             except Exception as exc:
                 where = " ".join(s for s in (node.meta.get("scope"), node.meta.get("source")) if s)
                 raise GraphExecutionError(
                     f"While executing {graph.format_node(node)}\n  at {where or '<unknown source>'}: "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
-            for name in node.meta.get("free_after", ()):
+            for name in frees.get(step[-1] if isinstance(step, list) else step, ()):
                 env.pop(name, None)
         return [value(r) for r in graph.outputs]
+
+
+def _plan(graph, run_group):
+    """(steps, frees): node names in graph order and the memory plan's frees; or, for a fusing
+    backend, the schedule with groups as lists and frees after each value's last scheduled reader."""
+    if run_group is None:
+        return [n.name for n in graph.nodes], {n.name: n.meta.get("free_after", ()) for n in graph.nodes}
+    from ...ir.pipeline import schedule
+
+    steps = schedule(graph)
+    keep = {r.node for r in graph.outputs if isinstance(r, Ref)}
+    last = {}
+    for step in steps:
+        for name in step if isinstance(step, list) else [step]:
+            for ref in graph.node(name).refs:
+                last[ref.node] = step[-1] if isinstance(step, list) else step
+    frees: dict = {}
+    for name, at in last.items():
+        if name not in keep:
+            frees.setdefault(at, []).append(name)
+    return steps, frees

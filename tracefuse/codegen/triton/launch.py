@@ -128,9 +128,22 @@ def _signature(kernel, args) -> dict:
     return signature
 
 
-def run_op(op, inputs, attrs, out_dtype, device, provenance=""):
+_provenance = [""]
+
+
+@contextlib.contextmanager
+def provenance(text: str):
+    """Kernels built inside the block carry `text` (IR nodes, scopes, source lines) in their header."""
+    _provenance.append(text)
+    try:
+        yield
+    finally:
+        _provenance.pop()
+
+
+def run_op(op, inputs, attrs, out_dtype, device):
     """Run `op` on `device` through its emitter; returns what the emitter returns."""
     emit = EMITTERS.get(op.name)
     if emit is None:
         raise NoEmitterError(f"op '{op.name}' has no Triton emitter, so it cannot run on {device}")
-    return emit(OpCall(op, inputs, attrs, out_dtype, device, provenance))
+    return emit(OpCall(op, inputs, attrs, out_dtype, device, _provenance[-1]))

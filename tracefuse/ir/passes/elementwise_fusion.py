@@ -128,6 +128,25 @@ def groups(graph: Graph) -> dict:
     return found
 
 
+def schedule(graph: Graph) -> list:
+    """The order a fusing backend runs `graph` in: a list of node names and lists of group members,
+    each group at one place (the group graph is acyclic: `_detours` refuses cycles), otherwise
+    in graph order."""
+    import networkx as nx
+
+    pos = {n.name: i for i, n in enumerate(graph.nodes)}
+    key = {n.name: n.meta.get("group", n.name) for n in graph.nodes}
+    members: dict = {}
+    for node in graph.nodes:
+        members.setdefault(key[node.name], []).append(node.name)
+    condensed = nx.DiGraph()
+    condensed.add_nodes_from(members)
+    condensed.add_edges_from((key[u], key[v]) for u, v in graph.nx.edges() if key[u] != key[v])
+    first = {k: pos[names[0]] for k, names in members.items()}
+    grouped = groups(graph)
+    return [grouped[k] if k in grouped else k for k in nx.lexicographical_topological_sort(condensed, key=first.get)]
+
+
 _VIEWS = ("permute", "expand")
 
 
