@@ -10,17 +10,12 @@ from ..creation import zeros
 from . import pytree
 
 
-def execute(captured, graph, inputs):
-    """Run one of `captured`'s graphs on its backend; the Triton backend keeps the forward's
-    kernel launches of the latest call in `captured.launches` (for explain)."""
+def execute(captured, graph, inputs, updates=None):
+    """Run one of `captured`'s graphs on its backend (`updates`: see codegen/triton/executor.run)."""
     if captured.backend == "triton":
-        from ..codegen.triton import executor, recording
+        from ..codegen.triton import executor
 
-        with recording() as launches:
-            outputs = executor.run(graph, inputs)
-        if graph is captured.forward:
-            captured.launches = launches
-        return outputs
+        return executor.run(graph, inputs, updates)
     return interpreter.run(graph, inputs)
 
 
@@ -81,7 +76,20 @@ def run(captured, arg_leaves):
     live.update(zip(captured.arg_names, arg_leaves))
     for name, of in captured.grad_inputs:
         live[name] = live[of]._grad  # gradients are read as they are at this call
-    outputs = execute(captured, captured.forward, live)
+    if captured.backend != "triton":
+        return _finish(captured, live, interpreter.run(captured.forward, live))
+    from ..codegen.triton import recording
+
+    n = captured.n_user_outputs
+    updates = {name: captured.forward.outputs[n + i] for i, name in enumerate(captured.mutated)}
+    with recording() as launches:  # the forward's kernels and any write-back copies: explain() shows them
+        result = _finish(captured, live, execute(captured, captured.forward, live, updates))
+    captured.launches = launches
+    return result
+
+
+def _finish(captured, live, outputs):
+    """Write back in-place updates and gradients, hook up the backward; the call's result."""
     n = captured.n_user_outputs
     constants = [node.meta["value"]._data for node in captured.forward.inputs() if node.attrs["kind"] == "const"]
 
@@ -92,8 +100,9 @@ def run(captured, arg_leaves):
     user = [fresh(o) for o in outputs[:n]]
     rest = iter(outputs[n:])
     for name in captured.mutated:
-        target = live[name]
-        _write(target, next(rest))
+        target, value = live[name], next(rest)
+        if value._data is not target._data:  # else the graph wrote the new value in place
+            _write(target, value)
         target._version.bump()
     for name, has_value in captured.grad_assignments:
         live[name]._grad = fresh(next(rest)) if has_value else None

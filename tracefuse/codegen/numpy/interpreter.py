@@ -21,14 +21,14 @@ class GraphExecutionError(RuntimeError):
     """An op failed while a compiled graph ran; the message names the node and source line."""
 
 
-def run(graph, inputs: dict, record_autograd=False, run_group=None, node_context=None):
+def run(graph, inputs: dict, record_autograd=False, run_group=None, run_node=None):
     """Evaluate `graph` on `inputs` (placeholder name -> Tensor); returns its outputs as a list.
 
     Placeholders missing from `inputs` take their `meta["value"]` (constants). Values are dropped
     after the node the memory plan (`meta["free_after"]`) names as their last reader. With
     `record_autograd` the ops are recorded for autograd like eager ones (the tracer uses this to
     differentiate an optimized graph). `run_group(graph, members, value)` runs a fusion group and
-    returns {member: Tensor}; `node_context(graph, node)` is entered around each node's op."""
+    returns {member: Tensor}; `run_node(graph, node, args)` replaces the dispatch of each node."""
     env = {}
 
     def value(x):
@@ -47,8 +47,9 @@ def run(graph, inputs: dict, record_autograd=False, run_group=None, node_context
                 elif node.op == PLACEHOLDER:
                     env[node.name] = inputs[node.name] if node.name in inputs else node.meta["value"]
                 else:
-                    with node_context(graph, node) if node_context else contextlib.nullcontext():
-                        env[node.name] = dispatch(node.op, *[value(x) for x in node.inputs], **node.attrs)
+                    args = [value(x) for x in node.inputs]
+                    env[node.name] = (run_node(graph, node, args) if run_node
+                                      else dispatch(node.op, *args, **node.attrs))
             except Exception as exc:
                 where = " ".join(s for s in (node.meta.get("scope"), node.meta.get("source")) if s)
                 raise GraphExecutionError(

@@ -1,37 +1,211 @@
 """Running a compiled graph on a CUDA device: the NumPy interpreter's loop (same values, same
 errors), with each elementwise fusion group as one generated kernel and every other node through
 its op's emitter. Each kernel's header names the IR nodes, module scopes and source lines it runs.
+
+Results are written where the graph wants them when that is safe, so no copy kernel runs for
+them: the new value of an input updated in place goes straight into the input's memory (a clipped
+gradient, an optimizer's parameter), and the pieces of a concatenation along its leading
+dimension into their slices of the result (an LSTM's stacked h_n and c_n), so the `cat` itself
+launches nothing.
 """
 from __future__ import annotations
 
+import math
+import weakref
+from dataclasses import dataclass, field
+
 from ...codegen.numpy import interpreter
+from ...dispatch import dispatch
+from ...ir import ops
+from ...ir.graph import PLACEHOLDER, Ref
+from ...ir.pipeline import schedule
+from ...runtime import devices
 from ...tensor import Tensor
 from .fused import group_outputs, run_group
-from .launch import OpCall, provenance
+from .launch import OpCall, placement, provenance
+
+_VIEW_OPS = ("permute", "expand", "reshape", "getitem")
 
 
-def run(graph, inputs: dict):
-    """Evaluate `graph` on device tensors `inputs`; returns its outputs as a list."""
-    return interpreter.run(graph, inputs, run_group=_group, node_context=_node_provenance)
+def run(graph, inputs: dict, updates: dict | None = None):
+    """Evaluate `graph` on device tensors `inputs`; returns its outputs as a list. `updates` maps
+    an input's placeholder name to the graph output (Ref) holding its new value: such values are
+    written into the input's memory where that is safe (the caller then has nothing to copy)."""
+    execution = _Run(_plan_for(graph, updates or {}), inputs)
+    return interpreter.run(graph, inputs, run_group=execution.group, run_node=execution.node)
 
 
-def _node_provenance(graph, node):
-    return provenance(_fragment(graph, [node.name]))
+_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _plan_for(graph, updates):
+    key = tuple(sorted((k, (r.node, r.index)) for k, r in updates.items()))
+    cached = _plans.setdefault(graph, {})
+    if key not in cached:
+        cached[key] = _Plan(graph, updates)
+    return cached[key]
+
+
+@dataclass
+class _Plan:
+    """Where each kernel output goes (static per graph): ("input", placeholder) or
+    ("cat", cat node, offset along its dim)."""
+
+    graph: object
+    updates: dict
+    destination: dict = field(default_factory=dict)  # (node, output index) -> target
+    pieces: dict = field(default_factory=dict)  # cat node -> number of pieces written in place
+
+    def __post_init__(self):
+        g = self.graph
+        steps = schedule(g)
+        self.members = {}
+        for node in g.nodes:
+            self.members.setdefault(node.meta.get("group", node.name), []).append(node)
+        self.step_of = {}
+        for i, step in enumerate(steps):
+            for name in step if isinstance(step, list) else [step]:
+                self.step_of[name] = i
+        self.output_uses = {}
+        for r in g.outputs:
+            if isinstance(r, Ref):
+                self.output_uses[(r.node, r.index)] = self.output_uses.get((r.node, r.index), 0) + 1
+        for name, ref in self.updates.items():
+            if self._can_update_in_place(name, ref):
+                self.destination[(ref.node, ref.index)] = ("input", name)
+        for node in g.nodes:
+            if node.op == "cat":
+                self._plan_cat(node)
+
+    def _readers(self, name, index):
+        return [u for u in self.graph.users(name) if any(r == Ref(name, index) for r in u.refs)]
+
+    def _writes_pointwise(self, node, ref_shape) -> bool:
+        """Does `node` write each output element after reading its inputs at that same element?"""
+        if node.op == "multi_tensor_scale":
+            return True
+        if "group" in node.meta or ops.get(node.op).kind == "elementwise":
+            members = self.members[node.meta.get("group", node.name)]
+            return all(tuple(m.meta["outputs"][0][0]) == tuple(ref_shape) for m in members)
+        return False
+
+    def _can_update_in_place(self, name, ref) -> bool:
+        g = self.graph
+        producer = g.node(ref.node)
+        if producer.op == PLACEHOLDER or producer.op in _VIEW_OPS or self.output_uses.get((ref.node, ref.index)) != 1:
+            return False
+        if (ref.node, ref.index) in self.destination:
+            return False
+        at = self.step_of[ref.node]
+        shape = producer.meta["outputs"][ref.index][0]
+        for reader in g.users(name):
+            if reader.op in _VIEW_OPS or self.step_of[reader.name] > at:
+                return False
+            if self.step_of[reader.name] == at and not self._writes_pointwise(reader, shape):
+                return False
+        return True
+
+    def _plan_cat(self, cat):
+        g = self.graph
+        shape = cat.meta["outputs"][0][0]
+        dim = cat.attrs["dim"] % len(shape) if shape else 0
+        if not shape or math.prod(shape[:dim]) != 1 or "group" in cat.meta:
+            return
+        sources, offset = [], 0
+        for x in cat.inputs:
+            source = self._view_source(x)
+            if source is None:
+                return
+            sources.append((source, offset))
+            offset += g.node(x.node).meta["outputs"][x.index][0][dim]
+        for (source, start) in sources:
+            self.destination[source] = ("cat", cat.name, start)
+        self.pieces[cat.name] = len(sources)
+
+    def _view_source(self, x):
+        """The kernel output (node, index) that `x` views through reshapes only, if nothing else
+        reads it or the reshapes; else None."""
+        g = self.graph
+        while isinstance(x, Ref):
+            node = g.node(x.node)
+            if len(self._readers(x.node, x.index)) != 1 or self.output_uses.get((x.node, x.index)):
+                return None
+            if node.op != "reshape":
+                if node.op == PLACEHOLDER or node.op in _VIEW_OPS or (x.node, x.index) in self.destination:
+                    return None
+                return (x.node, x.index)
+            x = node.inputs[0]
+        return None
+
+
+class _Run:
+    """One execution of a plan: the concatenation buffers and how many pieces landed in each."""
+
+    def __init__(self, plan, inputs):
+        self.plan, self.inputs = plan, inputs
+        self.buffers, self.landed = {}, {}
+
+    def _target(self, key, shape, device):
+        kind, where, *rest = self.plan.destination[key]
+        if kind == "input":
+            return self.inputs[where]._data
+        cat = self.plan.graph.node(where)
+        cat_shape, dtype = cat.meta["outputs"][0]
+        if where not in self.buffers:
+            self.buffers[where] = devices.backend(device).empty(cat_shape, dtype.np_type, device)
+        dim = cat.attrs["dim"] % len(cat_shape)
+        piece = self.buffers[where][(slice(None),) * dim + (slice(rest[0], rest[0] + _size(shape, dim, cat_shape)),)]
+        return piece.reshape(shape)
+
+    def _destinations(self, names_and_indices, device):
+        out = {}
+        for slot, (name, j) in names_and_indices.items():
+            if (name, j) in self.plan.destination:
+                shape = self.plan.graph.node(name).meta["outputs"][j][0]
+                out[slot] = self._target((name, j), shape, device)
+        return out
+
+    def _landed(self, placed_keys):
+        for key in placed_keys:
+            kind, where, *_ = self.plan.destination[key]
+            if kind == "cat":
+                self.landed[where] = self.landed.get(where, 0) + 1
+
+    def node(self, graph, node, args):
+        device = _device(args)
+        if node.name in self.plan.pieces and self.landed.get(node.name) == self.plan.pieces[node.name]:
+            return Tensor._wrap(self.buffers[node.name], node.meta["outputs"][0][1], device)
+        slots = {j: (node.name, j) for j in range(len(node.meta["outputs"]))}
+        wanted = self._destinations(slots, device) if device is not None else {}
+        with provenance(_fragment(graph, [node.name])), placement(wanted) as placed:
+            result = dispatch(node.op, *args, **node.attrs)
+        self._landed([slots[j] for j in placed])
+        return result
+
+    def group(self, graph, members, value):
+        tensors = [value(ref) for m in members for ref in graph.node(m).refs if ref.node not in members]
+        device = _device(tensors)
+
+        def outside(ref):
+            t = value(ref)
+            return t.item() if t.device.type == "cpu" else t._data
+
+        stored = group_outputs(graph, members, graph.outputs)
+        slots = {i: (name, 0) for i, name in enumerate(stored)}
+        call = OpCall(None, [], {}, None, device, _fragment(graph, members), self._destinations(slots, device))
+        arrays = run_group(call, graph, graph.node(members[0]).meta["group"], members, outside, stored)
+        self._landed([slots[i] for i in call.placed])
+        return {name: Tensor._wrap(a, graph.node(name).meta["outputs"][0][1], device) for name, a in arrays.items()}
+
+
+def _size(shape, dim, cat_shape):
+    """The extent along the cat's `dim` of a piece of `shape` (same element count per slice)."""
+    return math.prod(shape) // math.prod(cat_shape[:dim] + cat_shape[dim + 1:]) if math.prod(shape) else 0
+
+
+def _device(values):
+    return next((t.device for t in values if isinstance(t, Tensor) and t.device.type != "cpu"), None)
 
 
 def _fragment(graph, names):
     return "IR:\n" + "\n".join("    " + graph.format_node(graph.node(n)) for n in names)
-
-
-def _group(graph, members, value):
-    tensors = [value(ref) for m in members for ref in graph.node(m).refs if ref.node not in members]
-    device = next(t.device for t in tensors if isinstance(t, Tensor) and t.device.type != "cpu")
-
-    def outside(ref):
-        t = value(ref)
-        return t.item() if t.device.type == "cpu" else t._data
-
-    call = OpCall(None, [], {}, None, device, _fragment(graph, members))
-    label = graph.node(members[0]).meta["group"]
-    arrays = run_group(call, graph, label, members, outside, group_outputs(graph, members, graph.outputs))
-    return {name: Tensor._wrap(a, graph.node(name).meta["outputs"][0][1], device) for name, a in arrays.items()}

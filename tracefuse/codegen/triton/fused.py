@@ -23,7 +23,8 @@ def group_outputs(graph, members, graph_outputs) -> list[str]:
 
 def run_group(call, graph, label, members, value, stored) -> dict:
     """Run group `label` as one kernel; `value(ref)` gives an outside value (device array or
-    Python scalar); returns {member name: device array} for the members in `stored`."""
+    Python scalar); returns {member name: device array} for the members in `stored` (the i-th
+    written into `call.destinations[i]` when the executor planned one)."""
     nodes = [graph.node(m) for m in members]
     shape = np.broadcast_shapes(*[tuple(n.meta["outputs"][0][0]) for n in nodes])
     kernel = Pointwise(f"{label}_kernel", shape)
@@ -62,9 +63,9 @@ def run_group(call, graph, label, members, value, stored) -> dict:
         kernel.compute(node.name, expression if exact else store_cast(f"({expression})", out_dtype.np_type))
         types[node.name] = out_dtype.np_type
     results = {}
-    for name in stored:
+    for i, name in enumerate(stored):
         out_shape, out_dtype = graph.node(name).meta["outputs"][0]
-        results[name] = call.empty(out_shape, out_dtype)
+        results[name] = call.output(i, out_shape, out_dtype)
         kernel.store(f"{name}_out", name, results[name])
     kernel.launch(call)
     return results

@@ -85,15 +85,28 @@ def recording():
 class OpCall:
     """One op to run on a device, as an emitter sees it."""
 
-    def __init__(self, op, inputs, attrs, out_dtype, device, provenance=""):
+    def __init__(self, op, inputs, attrs, out_dtype, device, provenance="", destinations=None):
         self.op, self.inputs, self.attrs = op, list(inputs), dict(attrs)
         self.out_dtype, self.device, self.provenance = out_dtype, device, provenance
         self.backend = devices.backend(device)
+        self.destinations = destinations or {}  # output index -> memory the graph wants it in
+        self.placed: set = set()  # the outputs written straight into their destination
 
     def empty(self, shape, dtype):
         """A new C-contiguous device array (dtype: a tracefuse or NumPy dtype)."""
         np_dtype = dtype.np_type if isinstance(dtype, dtypes.dtype) else np.dtype(dtype)
         return self.backend.empty(tuple(shape), np_dtype, self.device)
+
+    def output(self, j, shape, dtype):
+        """Where to write output `j`: the memory the graph executor planned for it (an input updated
+        in place, a slice of a concatenation) when it fits, else a new array. Use it for outputs
+        that are written once, element by element, after the inputs at that element are read."""
+        dest = self.destinations.get(j)
+        np_dtype = dtype.np_type if isinstance(dtype, dtypes.dtype) else np.dtype(dtype)
+        if dest is not None and dest.shape == tuple(shape) and dest.dtype == np_dtype and dest.flags.c_contiguous:
+            self.placed.add(j)
+            return dest
+        return self.empty(shape, dtype)
 
     def kernel(self, name: str, body: str) -> _kernel.Kernel:
         return _kernel.build(name, body, self.provenance)
@@ -141,9 +154,32 @@ def provenance(text: str):
         _provenance.pop()
 
 
+_placement: list = [None]
+
+
+@contextlib.contextmanager
+def placement(destinations: dict):
+    """The op run inside the block may write output j into `destinations[j]` (see OpCall.output);
+    yields the set of outputs that were written there."""
+    call_outputs: set = set()
+    _placement.append((destinations, call_outputs))
+    try:
+        yield call_outputs
+    finally:
+        _placement.pop()
+
+
 def run_op(op, inputs, attrs, out_dtype, device):
     """Run `op` on `device` through its emitter; returns what the emitter returns."""
     emit = EMITTERS.get(op.name)
     if emit is None:
         raise NoEmitterError(f"op '{op.name}' has no Triton emitter, so it cannot run on {device}")
-    return emit(OpCall(op, inputs, attrs, out_dtype, device, _provenance[-1]))
+    destinations, placed = _placement[-1] or ({}, set())
+    _placement.append(None)  # ops an emitter runs itself (through dispatch) place nothing
+    try:
+        call = OpCall(op, inputs, attrs, out_dtype, device, _provenance[-1], destinations)
+        result = emit(call)
+    finally:
+        _placement.pop()
+    placed |= call.placed
+    return result
