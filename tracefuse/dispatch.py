@@ -73,7 +73,14 @@ def _run_on_device(op, inputs, attrs, out_dtype, device):
         view = as_view(op.name, arguments, attrs)
         if view is not None:
             return view
-    return _triton_backend.run_op(op, arguments, attrs, out_dtype, device)
+    try:
+        return _triton_backend.run_op(op, arguments, attrs, out_dtype, device)
+    except _triton_backend.NoEmitterError as exc:
+        trace = _trace.current()
+        if trace is None:
+            raise
+        where = " ".join(s for s in (trace.scope(), _trace.user_source()) if s)
+        raise _trace.TracingError(f"tracefuse.compile: {exc} (at {where or 'the compiled call'})") from None
 
 
 def _result_dtype(op, inputs, attrs):

@@ -153,8 +153,9 @@ class CompiledCallable:
         captured.backend = _backend_for(captured.forward, self.options.backend)
         entry = Entry(guards, captured.value_guards, captured)
         self.entries.append(entry)
-        dump.maybe_dump(self, entry)
-        return self._run(entry, arguments)
+        result = self._run(entry, arguments)
+        dump.maybe_dump(self, entry)  # after the first run: the kernels it generated are known
+        return result
 
     def _check_state_kept(self, state):
         """A call that rebinds a parameter or buffer (instead of updating it in place) cannot be
