@@ -33,7 +33,7 @@ del _name
 __version__ = "0.1.0"
 
 from . import derivatives  # noqa: E402,F401  (registers the gradient rules)
-from . import nn, optim  # noqa: E402,F401
+from . import cuda, nn, optim  # noqa: E402,F401
 from .serialization import load, save  # noqa: E402
 from .tracer.api import compile  # noqa: E402
 from .tracer.dump import explain  # noqa: E402

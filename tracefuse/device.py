@@ -49,12 +49,13 @@ CPU = device("cpu")
 
 
 def as_device(d) -> device:
-    """Normalise a device argument; a bare "cuda" means the current CUDA device (index 0 here)."""
+    """Normalise a device argument; a bare "cuda" means the current CUDA device."""
     if d is None:
         return CPU
     d = d if isinstance(d, device) else device(d)
     if d.type == "cuda" and d.index is None:
-        return device("cuda", 0)
+        from .runtime.devices import current_device
+        return device("cuda", current_device())
     if d.type == "cpu" and d.index is not None:
         return CPU
     return d

@@ -55,6 +55,17 @@ class Backend(abc.ABC):
     def memory_allocated(self, device) -> int:
         """Bytes of live device arrays on `device`."""
 
+    @abc.abstractmethod
+    def max_memory_allocated(self, device) -> int:
+        """The peak of `memory_allocated` since the start or the last reset."""
+
+    @abc.abstractmethod
+    def reset_peak_memory_stats(self, device) -> None: ...
+
+    @abc.abstractmethod
+    def empty_cache(self) -> None:
+        """Return cached, unused device memory to the driver."""
+
 
 class Event:
     """A point in a stream's work; `elapsed_time` in milliseconds, as torch.cuda.Event."""

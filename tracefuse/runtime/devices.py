@@ -7,8 +7,10 @@ process by `TRACEFUSE_CUDA`:
 from __future__ import annotations
 
 import os
+import threading
 
 _backend = None
+_current = threading.local()  # the thread's current CUDA device index (torch.cuda.set_device)
 
 
 def _parse(spec: str):
@@ -29,6 +31,22 @@ def active_backend():
 
             _backend = InterpretBackend(count)
     return _backend
+
+
+def device_count() -> int:
+    """CUDA devices of the active backend (0 without one)."""
+    found = active_backend()
+    return found.device_count() if found is not None else 0
+
+
+def current_device() -> int:
+    return getattr(_current, "index", 0)
+
+
+def set_device(index: int) -> None:
+    if not 0 <= index < device_count():
+        raise RuntimeError("CUDA error: invalid device ordinal")
+    _current.index = index
 
 
 def backend(device):

@@ -83,6 +83,7 @@ class InterpretBackend(Backend):
         enable_triton_interpreter()
         self._count = devices
         self._allocated = [0] * devices
+        self._peak = [0] * devices
 
     def device_count(self):
         return self._count
@@ -90,6 +91,7 @@ class InterpretBackend(Backend):
     def empty(self, shape, np_dtype, device):
         array = np.empty(shape, np_dtype)
         self._allocated[device.index] += array.nbytes
+        self._peak[device.index] = max(self._peak[device.index], self._allocated[device.index])
         weakref.finalize(array, self._release, device.index, array.nbytes)
         return array
 
@@ -120,3 +122,12 @@ class InterpretBackend(Backend):
 
     def memory_allocated(self, device):
         return self._allocated[device.index]
+
+    def max_memory_allocated(self, device):
+        return self._peak[device.index]
+
+    def reset_peak_memory_stats(self, device):
+        self._peak[device.index] = self._allocated[device.index]
+
+    def empty_cache(self):
+        pass  # host memory goes back to NumPy as soon as an array dies: nothing is cached

@@ -1,0 +1,77 @@
+"""tracefuse.cuda on the interpret backend (and without any backend)."""
+import re
+
+import pytest
+
+import tracefuse as tf
+from tracefuse.runtime import devices
+from tracefuse.runtime.interpret import InterpretBackend
+
+
+def test_without_a_backend_nothing_is_available(monkeypatch):
+    monkeypatch.setattr(devices, "_backend", None)
+    monkeypatch.delenv("TRACEFUSE_CUDA", raising=False)
+    assert not tf.cuda.is_available() and tf.cuda.device_count() == 0
+    with pytest.raises(RuntimeError, match="no CUDA backend is available"):
+        tf.cuda.synchronize()
+
+
+def test_devices_and_current_device(interpret):
+    assert tf.cuda.is_available() and tf.cuda.device_count() == 2
+    assert tf.cuda.current_device() == 0 and tf.zeros(2, device="cuda").device == tf.device("cuda:0")
+    tf.cuda.set_device(1)
+    try:
+        assert tf.cuda.current_device() == 1
+        assert tf.ones(2).cuda().device == tf.device("cuda:1")
+        assert tf.ones(2).to("cuda").device == tf.device("cuda:1")
+    finally:
+        tf.cuda.set_device(0)
+    with pytest.raises(RuntimeError, match=re.escape("CUDA error: invalid device ordinal")):
+        tf.cuda.set_device(2)
+    with pytest.raises(RuntimeError, match=re.escape("CUDA error: invalid device ordinal")):
+        tf.ones(2).to("cuda:5")
+
+
+def test_memory_statistics_follow_live_tensors(interpret):
+    tf.cuda.reset_peak_memory_stats()
+    before = tf.cuda.memory_allocated()
+    x = tf.zeros(1000, dtype=tf.float64, device="cuda:0")
+    assert tf.cuda.memory_allocated(0) == before + 8000
+    assert tf.cuda.memory_allocated("cuda:1") == 0
+    del x
+    assert tf.cuda.memory_allocated() == before
+    assert tf.cuda.max_memory_allocated() >= before + 8000
+    tf.cuda.empty_cache()
+
+
+def test_events_time_stream_work(interpret):
+    start, end = tf.cuda.Event(enable_timing=True), tf.cuda.Event(enable_timing=True)
+    start.record()
+    (tf.ones(10, device="cuda") * 2).cpu()
+    end.record()
+    tf.cuda.synchronize()
+    assert start.elapsed_time(end) >= 0.0
+    with pytest.raises(RuntimeError, match="enable_timing=True"):
+        tf.cuda.Event().elapsed_time(end)
+    stream = tf.cuda.Stream()
+    stream.wait_event(end)
+    stream.synchronize()
+
+
+def test_cross_device_ops_raise_pytorchs_error(interpret):
+    a, b = tf.ones(2, device="cuda:0"), tf.ones(2, device="cuda:1")
+    with pytest.raises(RuntimeError, match=re.escape(
+            "Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cuda:1!")):
+        a + b
+    assert (a + b.to("cuda:0")).cpu().tolist() == [2.0, 2.0]
+    assert (a + tf.tensor(1.0)).cpu().tolist() == [2.0, 2.0]  # a 0-dim CPU tensor joins a device op
+
+
+def test_interpret_backend_from_the_environment(monkeypatch):
+    monkeypatch.setattr(devices, "_backend", None)
+    monkeypatch.setenv("TRACEFUSE_CUDA", "interpret:3")
+    assert tf.cuda.device_count() == 3 and isinstance(devices.active_backend(), InterpretBackend)
+    monkeypatch.setattr(devices, "_backend", None)
+    monkeypatch.setenv("TRACEFUSE_CUDA", "magic")
+    with pytest.raises(RuntimeError, match=re.escape("TRACEFUSE_CUDA='magic' is not understood")):
+        tf.cuda.device_count()
