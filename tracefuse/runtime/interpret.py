@@ -76,11 +76,30 @@ def enable_triton_interpreter():
     os.environ["TRITON_INTERPRET"] = "1"
 
 
+def _squeeze_loop_bounds():
+    """Triton 3.6's interpreter turns a runtime loop bound into a Python int with `int(array)` on a
+    one-element array, which NumPy >= 2.4 refuses; newer Triton squeezes the array first. Do the
+    same on every version (idempotent)."""
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+    if getattr(original, "squeezes_loop_bounds", False):
+        return
+
+    def patch(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patch.squeezes_loop_bounds = True
+    interpreter._patch_lang_tensor = patch
+
+
 class InterpretBackend(Backend):
     name = "interpret"
 
     def __init__(self, devices=2):
         enable_triton_interpreter()
+        _squeeze_loop_bounds()
         self._count = devices
         self._allocated = [0] * devices
         self._peak = [0] * devices
