@@ -685,3 +685,24 @@ def test_first_compiled_call_draws_the_same_random_numbers_as_eager():
         expected = eager(tracefuse.ones(16)).tolist()
         tracefuse.manual_seed(seed)
         assert compiled(tracefuse.ones(16)).tolist() == expected
+
+
+def test_gradients_of_tensor_arguments_are_traced():
+    """clip_grad_norm_ over parameters passed as an argument reads and updates their .grad."""
+    params = [tracefuse.randn(3, requires_grad=True) for _ in range(3)]
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    for p, q in zip(params, twins):
+        p.grad = tracefuse.randn(3)
+        q.grad = p.grad.clone()
+    clip = tracefuse.compile(lambda ps: tracefuse.nn.utils.clip_grad_norm_(ps, max_norm=0.5))
+    for _ in range(3):
+        total, expected = clip(params), tracefuse.nn.utils.clip_grad_norm_(twins, max_norm=0.5)
+        assert total.item() == expected.item() > 0
+        for p, q in zip(params, twins):
+            assert p.grad.equal(q.grad)
+            p.grad.mul_(3)
+            q.grad.mul_(3)
+    params[1].grad = None
+    twins[1].grad = None
+    assert clip(params).item() == tracefuse.nn.utils.clip_grad_norm_(twins, max_norm=0.5).item()
+    assert "L['ps'][1].grad is None" in str(compiled_callable(clip).recompiles[-1])

@@ -83,6 +83,8 @@ class CompiledCallable:
             guards[f"{path}.dtype"] = t.dtype
             guards[f"{path}.device"] = str(t.device)
             guards[f"{path}.requires_grad"] = t.requires_grad
+            if t.requires_grad:
+                guards[f"{path}.grad is None"] = t._grad is None
         # Arguments that share memory (the same tensor passed twice) trace differently: an
         # in-place update of one is seen through the other.
         guards["argument aliasing"] = tuple((i, j) for i in range(len(leaves)) for j in range(i)

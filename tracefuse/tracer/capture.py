@@ -46,9 +46,14 @@ class Captured:
 
 
 def _stand_in(t):
-    """A leaf on the same storage: tracing must not run into the argument's earlier history."""
+    """A leaf on the same storage: tracing must not run into the argument's earlier history. It
+    holds the argument's .grad, so code that reads or updates gradients of its arguments (clipping
+    a list of parameters) traces them; each call then takes the argument's .grad as it is then."""
     s = t.detach()
-    return s.requires_grad_(True) if t.requires_grad else s
+    if t.requires_grad:
+        s.requires_grad_(True)
+        s._grad = t._grad
+    return s
 
 
 def capture(invoke, arguments, named_state, scopes) -> Captured:

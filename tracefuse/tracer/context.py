@@ -232,7 +232,8 @@ class TraceContext:
             return
         of = self.ref(owner).node
         self.add_input(f"{of}.grad", grad, "grad_of", of=of)
-        self.guards.append((f"{of}.grad is None", lambda: owner._grad is None, False))
+        if self.graph.node(of).attrs["kind"] != "arg":  # arguments' .grad is guarded per call (api)
+            self.guards.append((f"{of}.grad is None", lambda: owner._grad is None, False))
 
     def grad_assignments(self) -> dict:
         """Inputs whose `.grad` the traced code replaced (backward, zero_grad): name -> new value."""
