@@ -103,3 +103,100 @@ def test_dump_writes_the_generated_kernels(tmp_path, monkeypatch):
     text = (folder / "kernels.txt").read_text()
     assert text.startswith("# --- fused_1_kernel\n") and "@triton.jit\ndef fused_1_kernel(" in text
     assert (folder / "fused_1_kernel.py").read_text() == tf.explain(compiled, x, y).kernels["fused_1_kernel"]
+
+
+# --- whole models on cuda:0 against eager CPU twins ------------------------------------------------
+
+import copy  # noqa: E402
+
+from tracefuse import nn  # noqa: E402
+from tracefuse.nn import functional as F  # noqa: E402
+from tests.tracer.test_compiled_training import (  # noqa: E402
+    LanguageModel, PackedTagger, make_step, sequence_ce, tagger_batch, token_batch)
+
+TIGHT = dict(rtol=1e-9, atol=1e-11)
+
+
+def _cpu(t):
+    return t.cpu().numpy() if isinstance(t, tf.Tensor) else t
+
+
+def _to(device, values):
+    return [v.to(device) if isinstance(v, tf.Tensor) else v for v in values]
+
+
+def test_two_layer_lstm_forward_is_at_most_two_launches_per_layer():
+    tf.manual_seed(0)
+    model = nn.LSTM(6, 8, num_layers=2).double()
+    twin = copy.deepcopy(model)
+    model.cuda()
+    x = tf.randn(5, 3, 6, dtype=tf.float64)
+    compiled = tf.compile(model)
+    (out, (h, c)), (e_out, (e_h, e_c)) = compiled(x.cuda()), twin(x)
+    for ours, theirs in [(out, e_out), (h, e_h), (c, e_c)]:
+        assert ours.device == tf.device("cuda:0")
+        np.testing.assert_allclose(_cpu(ours), theirs.detach().numpy(), **TIGHT)
+    report = tf.explain(compiled, x.cuda())
+    assert report.kernel_count <= 4, list(report.kernels)
+
+
+def test_packed_bidirectional_gru_forward_and_backward_match_cpu():
+    tf.manual_seed(1)
+    model = PackedTagger().double()
+    twin = copy.deepcopy(model)
+    model.cuda()
+    rng = np.random.default_rng(0)
+    x, lengths, _ = tagger_batch(rng)
+    compiled = tf.compile(model)
+    out, expected = compiled(x.cuda(), lengths), twin(x, lengths)
+    np.testing.assert_allclose(_cpu(out), expected.detach().numpy(), **TIGHT)
+    out.sum().backward()
+    expected.sum().backward()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert p.grad.device == tf.device("cuda:0"), name
+        np.testing.assert_allclose(_cpu(p.grad), q.grad.numpy(), err_msg=name, **TIGHT)
+
+
+def test_language_model_training_step_on_device_matches_cpu():
+    tf.manual_seed(2)
+    model = LanguageModel().double()
+    twin = copy.deepcopy(model)
+    model.cuda()
+    opt, twin_opt = tf.optim.Adam(model.parameters(), lr=0.01), tf.optim.Adam(twin.parameters(), lr=0.01)
+    compiled = tf.compile(make_step(model, opt, sequence_ce, 2.0))
+    eager = make_step(twin, twin_opt, sequence_ce, 2.0)
+    for s in range(3):
+        batch = token_batch(np.random.default_rng(s))
+        (loss, total), (e_loss, e_total) = compiled(*_to("cuda:0", batch)), eager(*batch)
+        np.testing.assert_allclose(loss.item(), e_loss.item(), **TIGHT)
+        np.testing.assert_allclose(total.item(), e_total.item(), **TIGHT)
+        for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+            np.testing.assert_allclose(_cpu(p), q.detach().numpy(), err_msg=name, **TIGHT)
+    step = tf.explain(compiled, *_to("cuda:0", token_batch(np.random.default_rng(9))))
+    assert step.backend == "triton" and step.kernel_count > 0
+
+
+def test_clip_grad_norm_over_200_parameters_is_two_launches():
+    params = [tf.randn(1 + k % 5, dtype=tf.float64) for k in range(200)]
+    grads = [tf.randn(*p.shape, dtype=tf.float64) for p in params]
+    on_device = [p.cuda().requires_grad_() for p in params]
+    for p, g in zip(on_device, grads):
+        p.grad = g.cuda()
+
+    compiled = tf.compile(lambda ps: nn.utils.clip_grad_norm_(ps, max_norm=0.5))
+    total = compiled(on_device)
+    cpu = [p.clone().requires_grad_() for p in params]
+    for p, g in zip(cpu, grads):
+        p.grad = g.clone()
+    expected = nn.utils.clip_grad_norm_(cpu, max_norm=0.5)
+    np.testing.assert_allclose(total.item(), expected.item(), rtol=1e-13)
+    for p, q in zip(on_device, cpu):
+        np.testing.assert_allclose(_cpu(p.grad), q.grad.numpy(), rtol=1e-13)
+    assert tf.explain(compiled, on_device).kernel_count == 2
+
+
+def test_cross_entropy_head_on_device():
+    logits, target = tf.randn(7, 5, dtype=tf.float64), tf.tensor([0, 4, 1, 1, 3, 2, 0])
+    compiled = tf.compile(lambda x, t: F.cross_entropy(x, t, label_smoothing=0.1))
+    np.testing.assert_allclose(compiled(logits.cuda(), target.cuda()).item(),
+                               F.cross_entropy(logits, target, label_smoothing=0.1).item(), rtol=1e-13)
