@@ -424,6 +424,29 @@ def multi_tensor_scale(rng):
     return [tensor(rng, (), F32), *tensor_list(rng)], {"max_norm": pick(rng, [None, 1.0])}
 
 
+def _like_each(rng, tensors):
+    return [tensor(rng, tuple(t.shape), t.dtype) for t in tensors]
+
+
+def multi_tensor_sgd(rng):
+    params = tensor_list(rng)
+    momentum, has_buffers = pick(rng, [0, 0.9]), bool(rng.random() < 0.5)
+    buffers = _like_each(rng, params) if momentum and has_buffers else []
+    return [*params, *_like_each(rng, params), *buffers], {
+        "n": len(params), "lr": 0.1, "momentum": momentum, "dampening": pick(rng, [0, 0.2]),
+        "weight_decay": pick(rng, [0, 0.1]), "nesterov": False, "maximize": bool(rng.random() < 0.5),
+        "has_buffers": bool(buffers)}
+
+
+def multi_tensor_adam(rng):
+    params, amsgrad = tensor_list(rng), bool(rng.random() < 0.5)
+    moments = [_like_each(rng, params) for _ in range(3 if amsgrad else 2)]
+    steps = [tensor(rng, (), pick(rng, [F32, F64])) for _ in params]
+    return [*params, *_like_each(rng, params), *[t for m in moments for t in m], *steps], {
+        "n": len(params), "lr": 0.01, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": pick(rng, [0, 0.1]),
+        "amsgrad": amsgrad, "maximize": bool(rng.random() < 0.5), "decoupled_weight_decay": bool(rng.random() < 0.5)}
+
+
 SAMPLES = {
     **{name: (lambda op: lambda rng: creation(rng, op))(name)
        for name in ("full", "arange", "linspace", "eye", "rand", "randn", "randint", "randperm")},
@@ -469,6 +492,7 @@ SAMPLES = {
     **{f"{kind}_layer_backward": layer_backward(kind) for kind in GATES},
     **{f"{kind}_cell": cell(kind) for kind in GATES},
     "multi_tensor_norm": multi_tensor_norm, "multi_tensor_scale": multi_tensor_scale,
+    "multi_tensor_sgd": multi_tensor_sgd, "multi_tensor_adam": multi_tensor_adam,
 }
 
 # --- tests -------------------------------------------------------------------------------------------
@@ -503,7 +527,8 @@ def test_rules_give_the_implementations_shapes_and_dtypes(name):
         assert infer(name, [meta(x) for x in inputs], attrs) == expected, (name, attrs)
 
 
-FLOAT_ONLY = {"dropout", "max_pool", "lstm_layer", "gru_layer", "multi_tensor_norm", "multi_tensor_scale"}
+FLOAT_ONLY = {"dropout", "max_pool", "lstm_layer", "gru_layer", "multi_tensor_norm", "multi_tensor_scale",
+              "multi_tensor_sgd", "multi_tensor_adam"}
 DTYPE_CASES = [(name, d) for name in ["neg", "sqrt", "eq", "isnan", "sum", "all", "max_dim", "matmul", "cat", "where",
                                       *sorted(FLOAT_ONLY)]
                for d in (F16, BF16, F32, F64, I64, I32, U8, BOOL)

@@ -262,3 +262,22 @@ _op("multi_tensor_norm", "collective", "custom", ("p",), shape=S.scalar, differe
     out_dtypes=("promote_types",))
 _op("multi_tensor_scale", "collective", "custom", ("max_norm",), shape=S.each_after_first, differentiable=False, n_outputs=-1,
     out_dtypes=("own",))
+# Optimizer steps, one node per parameter group: the new value of every tensor the step updates,
+# computed as torch.optim's single-tensor loop does it op by op (each op rounded to the tensor's
+# dtype; float16/bfloat16 arithmetic in float32), so the results equal that loop's bit for bit.
+#   multi_tensor_sgd(*params, *grads, *momentum_buffers) -> (*new_params, *new_buffers): buffers
+#     only when momentum != 0, as inputs only when has_buffers (on the first step the new buffer
+#     is the (decayed) gradient, as torch's clone).
+#   multi_tensor_adam(*params, *grads, *exp_avgs, *exp_avg_sqs, *max_exp_avg_sqs, *steps)
+#     -> (*new_params, *new_exp_avgs, *new_exp_avg_sqs, *new_max_exp_avg_sqs, *new_steps): the
+#     max_exp_avg_sqs only with amsgrad; steps are 0-dim counters, incremented here, and the bias
+#     corrections are float64 arithmetic on them (a 0-dim parameter's update is then float64
+#     arithmetic rounded once, as float64 0-dim operands promote it).
+# `n` is the number of parameters; every output has the dtype and shape of the input it updates,
+# so the outputs line up with the trailing inputs (grads stand for the params: same dtype, shape).
+_op("multi_tensor_sgd", "collective", "custom",
+    ("n", "lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "has_buffers"),
+    shape=S.optimizer_step, differentiable=False, n_outputs=-1, out_dtypes=("own",))
+_op("multi_tensor_adam", "collective", "custom",
+    ("n", "lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay"),
+    shape=S.optimizer_step, differentiable=False, n_outputs=-1, out_dtypes=("own",))

@@ -345,3 +345,15 @@ def scalar(shapes, attrs):
 def each_after_first(shapes, attrs):
     """multi_tensor_scale(coef, *tensors): one output per tensor, of its shape."""
     return tuple(tuple(s) for s in shapes[1:])
+
+
+def optimizer_step(shapes, attrs):
+    """multi_tensor_sgd / multi_tensor_adam: one output per updated tensor (params, then each kind
+    of state), shaped like the trailing inputs: n params and n momentum buffers (SGD, when
+    momentum != 0), or n params, 2 or 3 (amsgrad) moments and n 0-dim steps (Adam)."""
+    n = attrs["n"]
+    if "amsgrad" in attrs:
+        count = n * (5 if attrs["amsgrad"] else 4)
+    else:
+        count = n * (1 if attrs["momentum"] == 0 else 2)
+    return tuple(tuple(s) for s in shapes[len(shapes) - count:])

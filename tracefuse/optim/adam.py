@@ -1,9 +1,11 @@
 """Adam and AdamW (torch.optim.Adam / AdamW), with amsgrad, maximize and (decoupled) weight decay."""
 from __future__ import annotations
 
-from ..creation import tensor, zeros_like
+from ..creation import zeros, zeros_like
+from ..dispatch import dispatch
 from ..tensor import Tensor
-from .optimizer import Optimizer, _scalar_dtype
+from ..tracer import context as _trace_context
+from .optimizer import Optimizer, _batches, _number, _scalar_dtype
 
 __all__ = ["Adam", "AdamW"]
 
@@ -31,43 +33,46 @@ class Adam(Optimizer):
         return True
 
     def _update_group(self, group):
-        """The same operations, in the same order, as torch.optim's single-tensor Adam. The bias
-        corrections are float64 tensor ops on the step counter (torch computes the same in Python
-        floats), so that a compiled training step reads no Python value from a tensor."""
-        lr, eps, weight_decay, amsgrad = group["lr"], group["eps"], group["weight_decay"], group["amsgrad"]
+        """One `multi_tensor_adam` op for the group's parameters that have a gradient (one per
+        device): the same arithmetic, bit for bit, as torch.optim's single-tensor Adam loop. The
+        bias corrections are float64 arithmetic on the step counters inside the op (torch computes
+        the same in Python floats), so a compiled training step reads no Python value from a tensor.
+        The step counters live on the parameters' device, as with torch's fused Adam, so that a
+        step on a GPU is one kernel."""
+        amsgrad = group["amsgrad"]
         beta1, beta2 = group["betas"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            grad = -p.grad if group["maximize"] else p.grad
+        options = dict(lr=_number(group["lr"]), beta1=_number(beta1), beta2=_number(beta2), eps=_number(group["eps"]),
+                       weight_decay=_number(group["weight_decay"]), amsgrad=bool(amsgrad),
+                       maximize=bool(group["maximize"]), decoupled_weight_decay=bool(group["decoupled_weight_decay"]))
+        params = [p for p in group["params"] if p.grad is not None]
+        for p in params:
             state = self.state[p]
             if not state:
-                state["step"] = tensor(0.0, dtype=_scalar_dtype())
+                state["step"] = zeros((), dtype=_scalar_dtype(), device=p.device)
                 state["exp_avg"] = zeros_like(p)
                 state["exp_avg_sq"] = zeros_like(p)
                 if amsgrad:
                     state["max_exp_avg_sq"] = zeros_like(p)
-            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-            step = state["step"].add_(1).double()
+            elif state["step"].device != p.device:
+                _move_step(state, p.device)
+        names = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if amsgrad else []) + ["step"]
+        for _, batch in _batches(params, lambda p: p.device):
+            n, states = len(batch), [self.state[p] for p in batch]
+            new = dispatch("multi_tensor_adam", *batch, *[p.grad for p in batch],
+                           *[state[name] for name in names for state in states], n=n, **options)
+            for p, value in zip(batch, new[:n]):
+                p._assign(value)
+            for k, name in enumerate(names, start=1):
+                for state, value in zip(states, new[k * n:(k + 1) * n]):
+                    state[name]._assign(value)
 
-            if weight_decay != 0:
-                if group["decoupled_weight_decay"]:
-                    p.mul_(1 - lr * weight_decay)
-                else:
-                    grad = grad.add(p, alpha=weight_decay)
-            _lerp_(exp_avg, grad, 1 - beta1)
-            exp_avg_sq.mul_(beta2).add_(grad.mul(1 - beta2).mul_(grad))  # addcmul_(grad, grad, value=1 - beta2)
 
-            bias_correction1 = 1 - beta1 ** step
-            bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
-            step_size = lr / bias_correction1
-            if amsgrad:
-                second_moment = state["max_exp_avg_sq"]
-                second_moment.copy_(second_moment.maximum(exp_avg_sq))
-            else:
-                second_moment = exp_avg_sq
-            denom = (second_moment.sqrt() / bias_correction2_sqrt).add_(eps)
-            p.add_(exp_avg.mul(-step_size).div_(denom))  # addcdiv_(exp_avg, denom, value=-step_size)
+def _move_step(state, device):
+    """A step counter kept elsewhere (set by hand) joins its parameter's device: eagerly only,
+    since the compiled step updates the counters it traced."""
+    if _trace_context.current() is not None:
+        raise _trace_context.WarmupRequired("Adam: a step counter moves to its parameter's device")
+    state["step"] = state["step"].to(device)
 
 
 class AdamW(Adam):
@@ -83,10 +88,3 @@ class AdamW(Adam):
         for group in self.param_groups:
             group["decoupled_weight_decay"] = True
 
-
-def _lerp_(x, end, weight):
-    """x.lerp_(end, weight) with PyTorch's formula, which is exact at both ends of the weight range."""
-    diff = end - x
-    if abs(weight) < 0.5:
-        return x.add_(diff.mul_(weight))
-    return x.copy_(end - diff.mul_(1 - weight))

@@ -69,8 +69,9 @@ class Optimizer:
     def step(self, closure=None):
         """One update of every parameter that has a gradient; `closure` re-evaluates the loss first.
 
-        Updates never record autograd; subclasses implement `_update_group(group)` with in-place
-        tensor ops (one group at a time, so a multi-tensor kernel can replace a group's loop).
+        Updates never record autograd; subclasses implement `_update_group(group)`, one group at
+        a time, as one multi-tensor op (multi_tensor_sgd, multi_tensor_adam) whose results are
+        written into the parameters and the state in place.
         """
         loss = None
         if closure is not None:
@@ -204,12 +205,27 @@ class Optimizer:
         self.__dict__.update(state)
 
 
+def _number(value):
+    """A hyperparameter as a Python number (a 0-dim tensor's value: the update ops take numbers)."""
+    return value.item() if isinstance(value, Tensor) else value
+
+
+def _batches(params, key):
+    """`params` split by `key(p)` (a device, ...), in order: [(key, [p, ...]), ...]; one
+    multi-tensor update op runs per batch."""
+    batches: dict = {}
+    for p in params:
+        batches.setdefault(key(p), []).append(p)
+    return list(batches.items())
+
+
 def _cast(param, value, key=None):
     """`value` with its tensors moved to `param`'s device and, when floating, its dtype; the `step`
-    counters stay as they are (host-side float32/float64 scalars, as in torch.optim)."""
+    counters keep their dtype (float32/float64 scalars, as in torch.optim) and join the parameter's
+    device, where the multi-tensor update reads and increments them."""
     if isinstance(value, Tensor):
         if key == "step":
-            return value
+            return value.to(device=param.device)
         if param.is_floating_point():
             return value.to(dtype=param.dtype, device=param.device)
         return value.to(device=param.device)

@@ -1,7 +1,8 @@
 """SGD with momentum, dampening, Nesterov momentum, weight decay and maximize (torch.optim.SGD)."""
 from __future__ import annotations
 
-from .optimizer import Optimizer
+from ..dispatch import dispatch
+from .optimizer import Optimizer, _batches, _number
 
 __all__ = ["SGD"]
 
@@ -25,20 +26,27 @@ class SGD(Optimizer):
         return group["momentum"] != 0
 
     def _update_group(self, group):
-        """The same operations, in the same order, as torch.optim's single-tensor SGD."""
-        lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            grad = -p.grad if group["maximize"] else p.grad
-            if weight_decay != 0:
-                grad = grad.add(p, alpha=weight_decay)
-            if momentum != 0:
-                state = self.state[p]
-                buf = state.get("momentum_buffer")
-                if buf is None:
-                    buf = state["momentum_buffer"] = grad.detach().clone()
+        """One `multi_tensor_sgd` op for the group's parameters that have a gradient (one per
+        device; apart for the parameters whose momentum buffer this step creates): the same
+        arithmetic, bit for bit, as torch.optim's single-tensor SGD loop."""
+        momentum = _number(group["momentum"])
+        options = dict(lr=_number(group["lr"]), momentum=momentum, dampening=_number(group["dampening"]),
+                       weight_decay=_number(group["weight_decay"]), nesterov=bool(group["nesterov"]),
+                       maximize=bool(group["maximize"]))
+
+        def has_buffer(p):
+            return momentum != 0 and self.state[p].get("momentum_buffer") is not None
+
+        params = [p for p in group["params"] if p.grad is not None]
+        for (_, has_buffers), batch in _batches(params, lambda p: (p.device, has_buffer(p))):
+            n = len(batch)
+            buffers = [self.state[p]["momentum_buffer"] for p in batch] if has_buffers else []
+            new = dispatch("multi_tensor_sgd", *batch, *[p.grad for p in batch], *buffers, n=n,
+                           has_buffers=has_buffers, **options)
+            for p, value in zip(batch, new[:n]):
+                p._assign(value)
+            for p, value in zip(batch, new[n:]):
+                if has_buffers:
+                    self.state[p]["momentum_buffer"]._assign(value)
                 else:
-                    buf.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
-                grad = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
-            p.add_(grad, alpha=-lr)
+                    self.state[p]["momentum_buffer"] = value  # the first step's buffer: a new tensor

@@ -2,4 +2,4 @@
 
 Importing this package registers every implementation with `ir.ops`.
 """
-from . import creation, elementwise, reduce, movement, nn, rnn, multi_tensor  # noqa: F401
+from . import creation, elementwise, reduce, movement, nn, rnn, multi_tensor, optim  # noqa: F401

@@ -3,7 +3,7 @@ the pointwise kernel builder, fused groups, and the launch records that explain(
 
 Importing this package registers every emitter.
 """
-from . import creation, elementwise, matmul, movement, multi_tensor, nn, reduce, rnn  # noqa: F401
+from . import creation, elementwise, matmul, movement, multi_tensor, nn, optim, reduce, rnn  # noqa: F401
 from .launch import EMITTERS, NoEmitterError, recording, run_op  # noqa: F401
 
 

@@ -25,6 +25,8 @@ from .fused import group_outputs, run_group
 from .launch import OpCall, placement, provenance
 
 _VIEW_OPS = ("permute", "expand", "reshape", "getitem")
+# Multi-tensor ops that read each tensor's element i before writing output element i of it.
+_POINTWISE_MULTI_TENSOR = ("multi_tensor_scale", "multi_tensor_sgd", "multi_tensor_adam")
 
 
 def run(graph, inputs: dict, updates: dict | None = None):
@@ -82,7 +84,7 @@ class _Plan:
 
     def _writes_pointwise(self, node, ref_shape) -> bool:
         """Does `node` write each output element after reading its inputs at that same element?"""
-        if node.op == "multi_tensor_scale":
+        if node.op in _POINTWISE_MULTI_TENSOR:
             return True
         if "group" in node.meta or ops.get(node.op).kind == "elementwise":
             members = self.members[node.meta.get("group", node.name)]

@@ -31,6 +31,21 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+# Device functions kernels may call; `build` puts the ones a kernel's text calls before it.
+HELPERS = {
+    "round_to_bfloat16": '''
+@triton.jit
+def round_to_bfloat16(x):
+    # x (float32) to the nearest bfloat16, ties to even, by integer arithmetic on its bits (what
+    # the GPU's cvt.rn.bf16.f32 does, and what Triton's interpreter gets wrong on ties);
+    # NaN stays NaN (a GPU's canonical NaN, 0x7FFFFFFF, would otherwise carry into the sign)
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return tl.where(x == x, rounded, 0x7FC0).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+''',
+}
+
+
 @dataclass(eq=False)
 class Kernel:
     """One generated `@triton.jit` function: its name, full source, file and loaded object."""
@@ -47,7 +62,8 @@ _loaded: dict[str, Kernel] = {}
 def build(name: str, body: str, provenance: str = "") -> Kernel:
     """The kernel `name` whose `@triton.jit def name(...)` text is `body`, with a provenance
     docstring (the IR fragment, scopes and source lines it computes); loaded once per text."""
-    source = _HEADER.format(name=name, provenance=provenance.strip() or "eager op") + body.strip() + "\n"
+    helpers = "".join(src.strip() + "\n\n\n" for fn, src in HELPERS.items() if f"{fn}(" in body)
+    source = _HEADER.format(name=name, provenance=provenance.strip() or "eager op") + helpers + body.strip() + "\n"
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     kernel = _loaded.get(digest)
     if kernel is None:

@@ -150,36 +150,13 @@ class _Tables:
 # --- generated-source helpers -----------------------------------------------------------------------
 
 
-_ROUND_TO_BFLOAT16 = """
-@triton.jit
-def round_to_bfloat16(x):
-    # x (float32) to the nearest bfloat16, ties to even, by integer arithmetic on its bits (what
-    # the GPU's cvt.rn.bf16.f32 does, and what Triton's interpreter would get wrong on ties)
-    bits = x.to(tl.uint32, bitcast=True)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-
-"""
-
-
-def _with_helpers(source: str) -> str:
-    """The kernel source preceded by the helper functions it calls."""
-    return (_ROUND_TO_BFLOAT16 if "round_to_bfloat16(" in source else "") + source
-
-
-def _store_value(value: str, name: str) -> str:
-    """`value` converted for storing as dtype `name`."""
-    if name == "bfloat16":
-        return f"round_to_bfloat16({value}.to(tl.float32))"
-    return store_cast(value, np.dtype(dtypes.as_dtype(name).np_type))
-
-
 def _round_to(value: str, name: str, compute: str) -> str:
     """`value` (a name, of type `compute`) rounded to dtype `name` and back to `compute`."""
     if name == "float64" or (name == "float32" and compute == "tl.float32"):
         return value
     if name == "float32":
         return f"{value}.to(tl.float32).to({compute})"
-    rounded = _store_value(value, name) + ".to(tl.float32)"
+    rounded = store_cast(value, name) + ".to(tl.float32)"
     return rounded if compute == "tl.float32" else f"{rounded}.to({compute})"
 
 
@@ -363,9 +340,9 @@ def _norm_source(name, kind, combine, p, names, acc_t, result_name):
     per_tensor.append("t += 1")
     final += ["    " + line for line in per_tensor]
     final.append(f"total_norm = {_finish(kind, 'total', acc_t)}")
-    final.append(f"tl.store(out_ptr, {_store_value('total_norm', result_name)})")
+    final.append(f"tl.store(out_ptr, {store_cast('total_norm', result_name)})")
     body += ["    " + line for line in final]
-    return _with_helpers("\n".join(lines + ["    " + line for line in body]) + "\n")
+    return "\n".join(lines + ["    " + line for line in body]) + "\n"
 
 
 def _empty_norm_error(p):
@@ -455,7 +432,7 @@ def _scale_source(name, names, clip, coef_name):
             "    in_bounds = offsets < numel",
             f"    x = tl.load(source + offsets, mask=in_bounds).to({ct})",
             "    scaled = x * scale",
-            f"    tl.store(destination + offsets, {_store_value('scaled', dtype_name)}, mask=in_bounds)",
+            f"    tl.store(destination + offsets, {store_cast('scaled', dtype_name)}, mask=in_bounds)",
         ]
 
     lines = [
@@ -487,7 +464,7 @@ def _scale_source(name, names, clip, coef_name):
     if mixed:
         body.append("dtype_code = tl.load(dtype_codes + tensor)")
     body += _dtype_blocks(names, "dtype_code", scale_block, "", exhaustive=False)
-    return _with_helpers("\n".join(lines + ["    " + line for line in body]) + "\n")
+    return "\n".join(lines + ["    " + line for line in body]) + "\n"
 
 
 @emitter("multi_tensor_scale")

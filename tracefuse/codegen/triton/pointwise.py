@@ -44,12 +44,9 @@ def collapse(shape, stride_lists):
 
 
 def store_cast(value: str, dtype) -> str:
-    """`value` converted for storing as `dtype`. bfloat16 rounds to nearest even by integer
-    arithmetic on the float32 bits (what the GPU's cvt.rn.bf16.f32 does, and what Triton's
-    interpreter would otherwise get wrong on ties)."""
+    """`value` converted for storing as `dtype`; bfloat16 rounds to nearest even (kernel.HELPERS)."""
     if np.dtype(dtype).name == "bfloat16":
-        bits = f"{value}.to(tl.float32).to(tl.uint32, bitcast=True)"
-        return f"(({bits} + 0x7FFF + (({bits} >> 16) & 1)) >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)"
+        return f"round_to_bfloat16({value}.to(tl.float32))"
     return f"{value}.to({tl_type(dtype)})"
 
 
