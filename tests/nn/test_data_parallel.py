@@ -16,11 +16,15 @@ from tests.conftest import assert_same
 
 @pytest.fixture
 def no_gpu(monkeypatch):
+    monkeypatch.setattr(devices, "_backend", None)  # also with TRACEFUSE_CUDA=interpret in the environment
+    monkeypatch.setattr(devices, "device_count", lambda: 0)
     monkeypatch.setattr(devices, "cuda_device_count", lambda: 0)
 
 
 @pytest.fixture
 def two_gpus(monkeypatch):
+    """GPUs the driver reports, with no backend to run on them (DataParallel only records them)."""
+    monkeypatch.setattr(devices, "device_count", lambda: 0)
     monkeypatch.setattr(devices, "cuda_device_count", lambda: 2)
 
 

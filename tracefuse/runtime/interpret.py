@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import weakref
 
 import numpy as np
@@ -94,6 +95,12 @@ def _squeeze_loop_bounds():
     interpreter._patch_lang_tensor = patch
 
 
+# Triton's interpreter keeps process-wide state while a kernel runs (it patches triton.language and
+# holds the program id in one builder), so kernels from different threads (DataParallel's replicas)
+# must run one at a time.
+_LAUNCH_LOCK = threading.Lock()
+
+
 class InterpretBackend(Backend):
     name = "interpret"
 
@@ -133,7 +140,7 @@ class InterpretBackend(Backend):
         return HostPointer(array)
 
     def launch(self, kernel, grid, args, constexprs, device, stream=None):
-        with np.errstate(all="ignore"):  # masked-off lanes compute on whatever memory holds
+        with _LAUNCH_LOCK, np.errstate(all="ignore"):  # masked-off lanes compute on whatever memory holds
             kernel.fn[grid](*args, **constexprs)
 
     def synchronize(self, device=None):

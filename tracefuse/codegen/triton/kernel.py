@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,7 @@ class Kernel:
 
 
 _loaded: dict[str, Kernel] = {}
+_lock = threading.Lock()  # threads (DataParallel's replicas) building the same kernel at once
 
 
 def build(name: str, body: str, provenance: str = "") -> Kernel:
@@ -65,11 +67,12 @@ def build(name: str, body: str, provenance: str = "") -> Kernel:
     helpers = "".join(src.strip() + "\n\n\n" for fn, src in HELPERS.items() if f"{fn}(" in body)
     source = _HEADER.format(name=name, provenance=provenance.strip() or "eager op") + helpers + body.strip() + "\n"
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    kernel = _loaded.get(digest)
-    if kernel is None:
-        path = cache_dir() / "kernels" / f"{name}_{digest}.py"
-        _write(path, source)
-        kernel = _loaded[digest] = Kernel(name, source, path, _import(path, name))
+    with _lock:
+        kernel = _loaded.get(digest)
+        if kernel is None:
+            path = cache_dir() / "kernels" / f"{name}_{digest}.py"
+            _write(path, source)
+            kernel = _loaded[digest] = Kernel(name, source, path, _import(path, name))
     return kernel
 
 
@@ -77,7 +80,7 @@ def _write(path: Path, source: str):
     if path.exists() and path.read_text(errors="replace") == source:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     partial.write_text(source)
     os.replace(partial, path)  # atomic: a reader sees the old file or the whole new one
 

@@ -10,6 +10,7 @@ arrays' metadata (shape, strides, dtype), never their values: the arrays live on
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,18 +69,28 @@ class LaunchRecord:
     constexprs: dict
 
 
-_recorders: list[list] = []
+class _ThreadState(threading.local):
+    """What launches made on this thread are recorded into, labelled with and placed into
+    (DataParallel runs replicas on threads of their own)."""
+
+    def __init__(self):
+        self.recorders: list[list] = []
+        self.provenance = [""]
+        self.placement: list = [None]
+
+
+_state = _ThreadState()
 
 
 @contextlib.contextmanager
 def recording():
     """Collect the `LaunchRecord`s of every launch made inside the block."""
     records: list = []
-    _recorders.append(records)
+    _state.recorders.append(records)
     try:
         yield records
     finally:
-        _recorders.remove(records)
+        _state.recorders.remove(records)
 
 
 class OpCall:
@@ -118,9 +129,9 @@ class OpCall:
         if not all(grid):
             return  # an empty grid: nothing to compute
         converted = [self.backend.pointer(a) if isinstance(a, np.ndarray) else a for a in args]
-        if _recorders:
+        if _state.recorders:
             record = LaunchRecord(kernel, grid, _signature(kernel, args), dict(constexprs))
-            for records in _recorders:
+            for records in _state.recorders:
                 records.append(record)
         self.backend.launch(kernel, grid, converted, constexprs, self.device)
 
@@ -141,20 +152,14 @@ def _signature(kernel, args) -> dict:
     return signature
 
 
-_provenance = [""]
-
-
 @contextlib.contextmanager
 def provenance(text: str):
     """Kernels built inside the block carry `text` (IR nodes, scopes, source lines) in their header."""
-    _provenance.append(text)
+    _state.provenance.append(text)
     try:
         yield
     finally:
-        _provenance.pop()
-
-
-_placement: list = [None]
+        _state.provenance.pop()
 
 
 @contextlib.contextmanager
@@ -162,11 +167,11 @@ def placement(destinations: dict):
     """The op run inside the block may write output j into `destinations[j]` (see OpCall.output);
     yields the set of outputs that were written there."""
     call_outputs: set = set()
-    _placement.append((destinations, call_outputs))
+    _state.placement.append((destinations, call_outputs))
     try:
         yield call_outputs
     finally:
-        _placement.pop()
+        _state.placement.pop()
 
 
 def run_op(op, inputs, attrs, out_dtype, device):
@@ -174,12 +179,12 @@ def run_op(op, inputs, attrs, out_dtype, device):
     emit = EMITTERS.get(op.name)
     if emit is None:
         raise NoEmitterError(f"op '{op.name}' has no Triton emitter, so it cannot run on {device}")
-    destinations, placed = _placement[-1] or ({}, set())
-    _placement.append(None)  # ops an emitter runs itself (through dispatch) place nothing
+    destinations, placed = _state.placement[-1] or ({}, set())
+    _state.placement.append(None)  # ops an emitter runs itself (through dispatch) place nothing
     try:
-        call = OpCall(op, inputs, attrs, out_dtype, device, _provenance[-1], destinations)
+        call = OpCall(op, inputs, attrs, out_dtype, device, _state.provenance[-1], destinations)
         result = emit(call)
     finally:
-        _placement.pop()
+        _state.placement.pop()
     placed |= call.placed
     return result
