@@ -118,7 +118,7 @@ TIGHT = dict(rtol=1e-9, atol=1e-11)
 
 
 def _cpu(t):
-    return t.cpu().numpy() if isinstance(t, tf.Tensor) else t
+    return t.detach().cpu().numpy() if isinstance(t, tf.Tensor) else t
 
 
 def _to(device, values):
