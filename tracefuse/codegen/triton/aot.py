@@ -36,7 +36,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .kernel import cache_dir
+from .kernel import cache_dir, code_of
 
 DEFAULT_ARCHS = (80, 90)
 # Launch options a record may carry among its keyword arguments: not constexprs, compile options.
@@ -126,7 +126,8 @@ def _triton_version() -> str:
 
 
 def _key(source: str, job: dict, version: str) -> str:
-    text = json.dumps({"source": source, "name": job["name"], "signature": job["signature"],
+    """Kernels that differ only in their provenance header share a build."""
+    text = json.dumps({"source": code_of(source), "name": job["name"], "signature": job["signature"],
                        "constexprs": job["constexprs"], "options": job.get("options") or {},
                        "target": ["cuda", job["arch"], 32], "triton": version}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -299,13 +300,14 @@ def compile_for_target(record_or_kernel, signature=None, constexprs=None, arch=9
 
 
 def build_report(records, archs=DEFAULT_ARCHS, timeout: float | None = None) -> list[ReportRow]:
-    """Compile every distinct kernel launch among `records` for each arch (in a subprocess) and
+    """Compile every distinct kernel launch among `records` for each arch (in a subprocess; launches
+    of the same code, signature and constexprs build once) and
     return one row per (kernel, arch): registers, spills, shared bytes, whether it was cached."""
     jobs, seen = [], set()
     for record in records:
         for arch in archs:
             job = _job(record, arch=arch)
-            identity = json.dumps(job, sort_keys=True)
+            identity = json.dumps(dict(job, path=code_of(record.kernel.source)), sort_keys=True)
             if identity not in seen:
                 seen.add(identity)
                 jobs.append(job)

@@ -5,6 +5,9 @@ type as the node-by-node path rounds it; members read outside the group are stor
 """
 from __future__ import annotations
 
+import keyword
+import re
+
 import numpy as np
 
 from ...ir import ops
@@ -29,6 +32,7 @@ def run_group(call, graph, label, members, value, stored) -> dict:
     shape = np.broadcast_shapes(*[tuple(n.meta["outputs"][0][0]) for n in nodes])
     kernel = Pointwise(f"{label}_kernel", shape)
     loaded, inside = {}, set(members)
+    taken = set(members)  # kernel variable names in use
     scalar_count = iter(range(10**6))
 
     def scalar(v):
@@ -51,7 +55,7 @@ def run_group(call, graph, label, members, value, stored) -> dict:
                 key = (x.node, x.index)
                 if key not in loaded:
                     given = value(x)  # a device array, or a Python scalar (a 0-dim CPU tensor's value)
-                    param = f"{x.node}_{x.index}" if x.index else x.node
+                    param = _identifier(f"{x.node}_{x.index}" if x.index else x.node, taken)
                     loaded[key] = kernel.load(param, given) if hasattr(given, "shape") else scalar(given)
                     types[loaded[key]] = _dtype_of(graph, x).np_type
                 name = loaded[key]
@@ -69,6 +73,19 @@ def run_group(call, graph, label, members, value, stored) -> dict:
         kernel.store(f"{name}_out", name, results[name])
     kernel.launch(call)
     return results
+
+
+def _identifier(name, taken):
+    """`name` as a fresh Python identifier (graph inputs are named after module paths: 'lstm.weight')."""
+    base = re.sub(r"\W", "_", name)
+    if not base.isidentifier() or keyword.iskeyword(base):
+        base = f"v_{base}"
+    ident, n = base, 1
+    while ident in taken:
+        n += 1
+        ident = f"{base}_{n}"
+    taken.add(ident)
+    return ident
 
 
 class _Meta:

@@ -25,6 +25,11 @@ import triton.language as tl
 '''
 
 
+def code_of(source: str) -> str:
+    """A kernel file's code without its provenance docstring: what its compiled form depends on."""
+    return source.split('"""', 2)[2] if source.startswith('"""') else source
+
+
 def cache_dir() -> Path:
     root = os.environ.get("TRACEFUSE_CACHE_DIR")
     if not root:
