@@ -19,6 +19,8 @@ def _raise(fn, m):
 
 
 CASES = {
+    "tril_1d": lambda m: m.ones(3).tril(),
+    "triu_1d": lambda m: m.triu(m.ones(3)),
     # broadcasting and elementwise
     "broadcast": lambda m: m.ones(2, 3) + m.ones(2, 4),
     "broadcast_1d": lambda m: m.ones(3) * m.ones(4),

@@ -1414,10 +1414,15 @@ class Tensor:
         return iter(self.unbind(0))
 
     def tril(self, diagonal=0):
-        return dispatch("tril", self, diagonal=diagonal)
+        return self._triangle("tril", diagonal)
 
     def triu(self, diagonal=0):
-        return dispatch("triu", self, diagonal=diagonal)
+        return self._triangle("triu", diagonal)
+
+    def _triangle(self, name, diagonal):
+        if self.ndim < 2:
+            raise RuntimeError(f"{name}: input tensor must have at least 2 dimensions")
+        return dispatch(name, self, diagonal=diagonal)
 
     # --- indexing ----------------------------------------------------------------------------
     def __getitem__(self, key):
@@ -1577,7 +1582,10 @@ def _check_index_tensor(index, fn, dtype_text):
 
 
 def _out_of_bounds(index, low, size):
-    """The first index value outside [low, size), or None."""
+    """The first index value outside [low, size), or None. Indices on a CUDA device are not read
+    back to check (a GPU reports them in the kernel, if at all; tracefuse's kernels skip them)."""
+    if index.device.type != "cpu":
+        return None
     data = index._data
     bad = data[(data < low) | (data >= size)]
     return int(bad.flat[0]) if bad.size else None

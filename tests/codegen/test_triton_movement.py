@@ -161,6 +161,11 @@ def test_constant_pad_and_crop(dtype):
     assert_device_matches(lambda x: F.pad(x.transpose(1, 2), (2, 0, 1, 1)), x)
 
 
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_index_pad_modes_on_the_device(mode):
+    assert_device_matches(lambda x: F.pad(x, (2, 1, 1, 2), mode=mode), randn(2, 3, 4, 5))
+
+
 def test_pad_values_convert_to_the_dtype():
     assert_device_matches(lambda x: F.pad(x, (1, 1), value=2.7), randn(2, 3, dtype=tf.int32, scale=9))
     assert_device_matches(lambda x: F.pad(x, (1, 1), value=0.1), randn(2, 3, dtype=tf.float32), rtol=0)

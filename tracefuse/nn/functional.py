@@ -509,7 +509,7 @@ def pad(input, pad, mode="constant", value=None):
         if mode == "circular" and (lo > size or hi > size):
             raise RuntimeError("Padding value causes wrapping around more than once.")
         index = np.pad(np.arange(size), (lo, hi), mode=_NUMPY_PAD_MODES[mode])
-        out = out.index_select(dim, _as_tensor(index, dtype=dtypes.int64))
+        out = out.index_select(dim, _as_tensor(index, dtype=dtypes.int64, device=input.device))
     return out
 
 
