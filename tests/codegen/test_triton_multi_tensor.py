@@ -7,7 +7,7 @@ import pytest
 
 import tracefuse as tf
 from conftest import assert_device_matches
-from tracefuse.codegen.triton import multi_tensor, recording
+from tracefuse.codegen.triton import heuristics, multi_tensor, recording
 from tracefuse.dispatch import dispatch
 
 pytestmark = pytest.mark.usefixtures("interpret")
@@ -66,7 +66,7 @@ def test_norm_of_tensors_spanning_many_chunks(rng, monkeypatch):
     ts = _tensors(rng, shapes, [tf.float64])
     for p in (2.0, -math.inf, 0.5):
         assert_device_matches(norm(p), *ts, rtol=1e-12, atol=0)
-    monkeypatch.setattr(multi_tensor, "TARGET_PROGRAMS", 1)  # several blocks per program
+    monkeypatch.setattr(heuristics, "TARGET_PROGRAMS", 1)  # several blocks per program
     assert multi_tensor.block_sizes([3000, 7])[1] > multi_tensor.block_sizes([3000, 7])[0]
     for p in (2.0, math.inf, 1.0):
         assert_device_matches(norm(p), *ts, rtol=1e-12, atol=0)

@@ -25,6 +25,7 @@ import triton
 from ... import dtypes
 from ...ir import shapes
 from .elementwise import EXPRESSIONS
+from .heuristics import block_size
 from .launch import emitter, tl_type
 from .pointwise import INT32_LIMIT, collapse, store_cast
 
@@ -38,12 +39,10 @@ def block_sizes(M, N, K, dot: bool) -> tuple[int, int, int, int]:
     BLOCK_N product in registers, so its blocks stay small. 64 x 64 tiles take 8 warps (a float64
     or IEEE float32 accumulator tile leaves 4 warps at the register limit). An autotuning hook
     would replace this."""
-    def fit(n, low, high):
-        return max(low, min(high, triton.next_power_of_2(max(int(n), 1))))
     if dot:
-        block_m, block_n, block_k = fit(M, 16, 64), fit(N, 16, 64), fit(K, 16, 32)
+        block_m, block_n, block_k = block_size(M, 16, 64), block_size(N, 16, 64), block_size(K, 16, 32)
         return block_m, block_n, block_k, 8 if block_m * block_n >= 64 * 64 else 4
-    return fit(M, 1, 16), fit(N, 1, 16), fit(K, 1, 8), 4
+    return block_size(M, 1, 16), block_size(N, 1, 16), block_size(K, 1, 8), 4
 
 
 def _np(dtype) -> np.dtype:

@@ -37,16 +37,12 @@ import triton
 
 from ... import dtypes
 from ...ir.ops import TensorSlot
+from .heuristics import block_size
 from .launch import emitter, tl_type
 from .pointwise import INT32_LIMIT, Pointwise, store_cast
 
 # Inputs one cat kernel reads; a longer list takes one launch per this many.
 MAX_CAT_INPUTS = 8
-
-
-def block_size(numel, low=128, high=1024) -> int:
-    """Elements per program: the next power of two covering `numel`, clamped to [low, high]."""
-    return max(low, min(high, triton.next_power_of_2(max(int(numel), 1))))
 
 
 def _element_strides(array) -> list[int]:
@@ -181,7 +177,7 @@ class IndexKernel:
             return
         wide = max(self.reach) > INT32_LIMIT
         kernel = call.kernel(self.name, self.source(wide))
-        block = block_size(self.numel)
+        block = block_size(self.numel, low=128)
         call.launch(kernel, (triton.cdiv(self.numel, block),), *self.args, self.numel, *self.shape[1:], BLOCK=block)
 
 
@@ -604,7 +600,7 @@ def _nonzero(call, mask):
     if not mask.flags.c_contiguous:
         mask = _copy(call, call.empty(mask.shape, mask.dtype), mask, "contiguous_kernel")
     flat = mask.reshape(-1)
-    block = block_size(flat.size)
+    block = block_size(flat.size, low=128)
     n_blocks = triton.cdiv(flat.size, block)
     wide = flat.size > INT32_LIMIT
     counts = call.empty((n_blocks,), np.int64)

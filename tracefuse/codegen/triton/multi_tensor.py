@@ -48,6 +48,7 @@ import math
 import numpy as np
 
 from ... import dtypes
+from .heuristics import block_size, multi_tensor_blocks
 from .launch import emitter, tl_type
 from .pointwise import store_cast
 
@@ -67,24 +68,10 @@ def device_address(backend, array) -> int:
     return int(backend.pointer(array).data_ptr())
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
-
-
-# Past about this many programs a launch gives each program several blocks (up to 16), so that
-# the norm's last program has few partials to combine.
-TARGET_PROGRAMS = 4096
-
-
 def block_sizes(sizes) -> tuple[int, int]:
-    """(BLOCK, CHUNK): each program handles CHUNK elements of one tensor, BLOCK at a time. BLOCK
-    fits the largest tensor (32..1024); big launches take several blocks per program so that the
-    program count, and the norm's partials, stay in the thousands."""
-    largest = max(sizes, default=1)
-    block = min(1024, max(32, _pow2(largest)))
-    total = sum(sizes)
-    blocks_per_chunk = min(16, _pow2(-(-total // (block * TARGET_PROGRAMS))))
-    return block, block * blocks_per_chunk
+    """(BLOCK, CHUNK) with up to 16 blocks per program, so that the norm's last program has few
+    partials to combine."""
+    return multi_tensor_blocks(sizes, 16)
 
 
 def _is_contiguous(array) -> bool:
@@ -385,7 +372,7 @@ def multi_tensor_norm(call):
     if len(names) > 1:
         args.append(table["dtype_codes"])
     args += [table["program_tensor"], table["first_program"], partials, table["finished"], out, len(tensors)]
-    final_block = min(1024, max(16, _pow2(tables.most_chunks)))
+    final_block = block_size(tables.most_chunks)
     call.launch(kernel, (tables.programs,), *args, BLOCK=block, CHUNK=chunk, FINAL_BLOCK=final_block)
     return out
 

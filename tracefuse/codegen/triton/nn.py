@@ -25,17 +25,12 @@ import triton
 
 from ... import dtypes
 from ...ir import shapes
+from .heuristics import block_size
 from .launch import emitter, tl_type
 from .pointwise import INT32_LIMIT, Pointwise, store_cast
 
 # Rows longer than this are read block by block in a loop instead of in one block.
 MAX_ROW_BLOCK = 2048
-
-
-def block_size(n, low=16, high=1024) -> int:
-    """The block size heuristic: the next power of two covering `n`, clamped to [low, high]
-    (tl.dot needs every block dim >= 16). An autotuning hook would replace this."""
-    return max(low, min(high, triton.next_power_of_2(max(int(n), 1))))
 
 
 # --- helpers shared by the emitters --------------------------------------------------------------

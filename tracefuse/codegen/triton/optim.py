@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .heuristics import multi_tensor_blocks
 from .launch import emitter, tl_type
 from .pointwise import store_cast
 
@@ -40,18 +41,6 @@ _HALF = ("float16", "bfloat16")
 
 
 # --- host side ------------------------------------------------------------------------------------------
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
-
-
-def block_sizes(sizes) -> tuple[int, int]:
-    """(BLOCK, CHUNK): BLOCK fits the largest tensor (32..1024 elements); each program updates
-    CHUNK elements (1..8 blocks) so that big launches stay at a few thousand programs."""
-    block = min(1024, max(32, _pow2(max(sizes, default=1))))
-    blocks_per_chunk = min(8, _pow2(-(-sum(sizes) // (block * 4096))))
-    return block, block * blocks_per_chunk
 
 
 def _name(array) -> str:
@@ -87,7 +76,7 @@ class _Launch:
 
     def __init__(self, call, sizes, at_least_one_program):
         self.call = call
-        self.block, self.chunk = block_sizes(sizes)
+        self.block, self.chunk = multi_tensor_blocks(sizes, 8)
         counts = [max(1 if at_least_one_program else 0, -(-n // self.chunk)) for n in sizes]
         first_program = np.zeros(len(sizes) + 1, np.int64)
         np.cumsum(counts, out=first_program[1:])

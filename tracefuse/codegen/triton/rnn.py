@@ -37,28 +37,22 @@ out). tanh has no Triton primitive the interpreter runs, so it is written with e
 from __future__ import annotations
 
 import numpy as np
-import triton
 
 from ... import dtypes
 from ...ir.shapes import WORKSPACE_WIDTH
+from .heuristics import block_size
 from .launch import emitter, tl_type
 from .pointwise import store_cast
-
-
-def block_size(n, low=16, high=32) -> int:
-    """The block size heuristic: the next power of two covering `n`, clamped to [low, high]
-    (tl.dot needs every block dim >= 16; odd sizes are masked). An autotuning hook would replace it."""
-    return max(low, min(high, triton.next_power_of_2(max(int(n), 1))))
 
 
 def scan_blocks(batch, hidden, state) -> dict:
     """Scan tiles: 16 sequences per program, chunks of 16 or 32 hidden units (and state columns),
     reductions 16 at a time (fp32/fp64 dots run on FMA units, whose operand registers grow with K)."""
-    return dict(BLOCK_B=16, BLOCK_H=block_size(hidden), BLOCK_P=block_size(state), BLOCK_K=16)
+    return dict(BLOCK_B=16, BLOCK_H=block_size(hidden, high=32), BLOCK_P=block_size(state, high=32), BLOCK_K=16)
 
 
 def gemm_blocks(m, n, k) -> dict:
-    return dict(BLOCK_M=block_size(m, high=64), BLOCK_N=block_size(n, high=64), BLOCK_K=block_size(k))
+    return dict(BLOCK_M=block_size(m, high=64), BLOCK_N=block_size(n, high=64), BLOCK_K=block_size(k, high=32))
 
 
 # --- generated source: shared pieces --------------------------------------------------------------
