@@ -78,3 +78,15 @@ def test_lookup_and_registration_guards():
         ops.register_impl("add")(lambda x, y: x)
     with pytest.raises(AssertionError, match="two gradient rules for 'add'"):
         ops.register_grad("add")(lambda ctx, g: g)
+
+
+# Movement ops that are always views: on a device they re-describe memory and launch nothing
+# (codegen/triton/views.py); `to_device` is a copy between devices made by the runtime.
+NO_KERNEL = {"permute", "expand", "to_device"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_op_has_a_triton_emitter(name):
+    from tracefuse.codegen.triton import EMITTERS
+
+    assert (name in EMITTERS) != (name in NO_KERNEL), f"op '{name}': emitter {name in EMITTERS}"

@@ -1,14 +1,13 @@
 """The matmul emitter and the fused matmul epilogue on the interpret backend against the CPU:
 NumPy's matmul semantics (1-D, 2-D, batched with broadcasting), every dtype, strided operands,
 odd sizes that leave ragged tiles, gradients."""
-import contextlib
 
 import numpy as np
 import pytest
 
 import tracefuse as tf
 from conftest import assert_device_matches, to_numpy
-from tracefuse.codegen.triton import NoEmitterError, recording
+from tracefuse.codegen.triton import recording
 from tracefuse.dispatch import dispatch
 
 pytestmark = pytest.mark.usefixtures("interpret")
@@ -25,16 +24,6 @@ def randn(*shape, dtype=tf.float64, scale=1.0):
 
 def mm(a, b):
     return dispatch("matmul", a, b)
-
-
-@contextlib.contextmanager
-def other_emitters():
-    """For gradient tests, which also run ops emitted elsewhere (zeros, sums): skip, naming the
-    op, while one of those has no Triton emitter yet."""
-    try:
-        yield
-    except NoEmitterError as e:
-        pytest.skip(str(e))
 
 
 SHAPES = {
@@ -117,8 +106,7 @@ def test_64_bit_offsets(monkeypatch):
 @pytest.mark.parametrize("case", ["2d_odd", "vec_mat", "mat_vec", "dot", "batched_broadcast"])
 def test_grad(case):
     sa, sb = SHAPES[case]
-    with other_emitters():
-        assert_grads_match(mm, randn(*sa), randn(*sb))
+    assert_grads_match(mm, randn(*sa), randn(*sb))
 
 
 def assert_grads_match(fn, *tensors, rtol=1e-12, atol=1e-12):

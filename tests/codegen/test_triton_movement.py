@@ -2,7 +2,6 @@
 scatter, getitem/index_put with index tensors and boolean masks, index_select) on the interpret
 backend against the CPU: values, dtypes, shapes, and gradients (whose rules are movement ops too:
 scatter, index_put, getitem, pad, flip)."""
-import contextlib
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ import pytest
 import tracefuse as tf
 import tracefuse.nn.functional as F
 from conftest import assert_device_matches, to_numpy
-from tracefuse.codegen.triton import NoEmitterError, recording
+from tracefuse.codegen.triton import recording
 from tracefuse.dispatch import dispatch
 from tracefuse.ir.ops import TensorSlot
 
@@ -31,16 +30,6 @@ def here(index, like):
     return index.to(like.device)
 
 
-@contextlib.contextmanager
-def other_emitters():
-    """For gradient tests, which also run ops emitted elsewhere (zeros, sums): skip, naming the
-    op, while one of those has no Triton emitter yet."""
-    try:
-        yield
-    except NoEmitterError as e:
-        pytest.skip(str(e))
-
-
 def assert_grads_match(fn, *tensors, rtol=1e-12, atol=1e-12):
     """fn's gradients with respect to the float inputs for one random output gradient, on the
     CPU and on cuda:0 (forward and backward on the device)."""
@@ -52,8 +41,7 @@ def assert_grads_match(fn, *tensors, rtol=1e-12, atol=1e-12):
         out.backward(seed.to(out.dtype).to(out.device))
         return [t.grad for t in leaves if t.requires_grad]
 
-    with other_emitters():
-        got, expected = grads("cuda:0"), grads("cpu")
+    got, expected = grads("cuda:0"), grads("cpu")
     for g, e in zip(got, expected):
         assert (g is None) == (e is None)
         if e is None:

@@ -1,6 +1,5 @@
 """The composite nn ops' emitters (softmax family, layer_norm, embedding, conv, pooling) on the
 interpret backend against the same ops on the CPU: values, dtypes, shapes and gradients."""
-import contextlib
 
 import numpy as np
 import pytest
@@ -8,7 +7,6 @@ import pytest
 import tracefuse as tf
 import tracefuse.nn.functional as F
 from conftest import assert_device_matches, on_device, to_numpy
-from tracefuse.codegen.triton import NoEmitterError
 from tracefuse.dispatch import dispatch
 
 pytestmark = pytest.mark.usefixtures("interpret")
@@ -40,16 +38,6 @@ def assert_grads_match(fn, *tensors, rtol=1e-12, atol=1e-12):
     for g, e in zip(got, expected):
         assert g.device.type == "cpu" and g.dtype is e.dtype and tuple(g.shape) == tuple(e.shape)
         np.testing.assert_allclose(to_numpy(g), to_numpy(e), rtol=rtol, atol=atol)
-
-
-@contextlib.contextmanager
-def other_emitters():
-    """For tests that also run ops emitted elsewhere (gradient rules, losses): skip, naming the op,
-    while one of those has no Triton emitter yet."""
-    try:
-        yield
-    except NoEmitterError as e:
-        pytest.skip(str(e))
 
 
 # --- softmax family ------------------------------------------------------------------------------
@@ -86,8 +74,7 @@ def test_softmax_empty():
 
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 def test_softmax_family_grad(name):
-    with other_emitters():
-        assert_grads_match(lambda x: getattr(F, name)(x, 1), randn(3, 5, 2))
+    assert_grads_match(lambda x: getattr(F, name)(x, 1), randn(3, 5, 2))
 
 
 # --- layer_norm ----------------------------------------------------------------------------------
@@ -109,8 +96,7 @@ def test_layer_norm_long_rows_small_variance_and_strides():
 
 
 def test_layer_norm_grad():
-    with other_emitters():
-        assert_grads_match(lambda x, w, b: F.layer_norm(x, (5,), w, b), randn(3, 5), randn(5), randn(5), rtol=1e-10)
+    assert_grads_match(lambda x, w, b: F.layer_norm(x, (5,), w, b), randn(3, 5), randn(5), randn(5), rtol=1e-10)
 
 
 # --- embedding -----------------------------------------------------------------------------------
@@ -256,8 +242,8 @@ def test_avg_pool_grad(shape, options, dtype, rtol, atol):
 
 
 def test_max_pool_grad():
-    with other_emitters():  # the unused indices output's gradient is zeros ('full')
-        assert_grads_match(lambda x: F.max_pool2d(x, 3, 2, padding=1, ceil_mode=True), randn(2, 2, 7, 6))
+    # the unused indices output's gradient is zeros ('full')
+    assert_grads_match(lambda x: F.max_pool2d(x, 3, 2, padding=1, ceil_mode=True), randn(2, 2, 7, 6))
 
 
 # --- composed: cross entropy ---------------------------------------------------------------------
@@ -265,10 +251,9 @@ def test_max_pool_grad():
 
 def test_cross_entropy():
     logits, target = randn(5, 7), tf.tensor([0, 6, 3, -100, 1])
-    with other_emitters():
-        assert_device_matches(lambda x, t: F.cross_entropy(x, t), logits, target)
-        assert_device_matches(lambda x, t: F.cross_entropy(x, t, reduction="none", label_smoothing=0.1), logits, target)
-        assert_grads_match(lambda x: F.cross_entropy(x, target.to(x.device)).reshape(1), logits)
+    assert_device_matches(lambda x, t: F.cross_entropy(x, t), logits, target)
+    assert_device_matches(lambda x, t: F.cross_entropy(x, t, reduction="none", label_smoothing=0.1), logits, target)
+    assert_grads_match(lambda x: F.cross_entropy(x, target.to(x.device)).reshape(1), logits)
 
 
 def test_outputs_stay_on_the_device():

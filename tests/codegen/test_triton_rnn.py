@@ -2,7 +2,6 @@
 the cells) on the interpret backend against the NumPy implementations: values, dtypes and shapes
 of every output (the workspace too), launch counts, and nn.LSTM / nn.GRU / nn.RNN modules moved
 to the device, forward and every parameter gradient."""
-import contextlib
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ import pytest
 import tracefuse as tf
 import tracefuse.nn as nn
 from conftest import assert_device_matches, to_numpy
-from tracefuse.codegen.triton import NoEmitterError, recording
+from tracefuse.codegen.triton import recording
 from tracefuse.dispatch import dispatch
 from tracefuse.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -27,15 +26,6 @@ FLOATS = {"f32": (tf.float32, 1e-5, 1e-5), "f16": (tf.float16, 2e-3, 2e-3), "bf1
 
 def randn(*shape, dtype=tf.float64):
     return tf.randn(*shape, dtype=tf.float64).to(dtype)
-
-
-@contextlib.contextmanager
-def other_emitters():
-    """Skip (not fail) while an op outside this file (creation, reductions, ...) has no emitter yet."""
-    try:
-        yield
-    except NoEmitterError as exc:
-        pytest.skip(f"needs another emitter: {exc}")
 
 
 class Layer:
@@ -194,8 +184,7 @@ def test_cell_gradients(kind):
     tf.manual_seed(5)
     expected = grads("cpu")
     tf.manual_seed(5)
-    with other_emitters():
-        got = grads("cuda:0")
+    got = grads("cuda:0")
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, **F64)
 
@@ -242,8 +231,7 @@ def test_module_forward_backward(kind, packed, given_state):
         hx = (h, randn(layers, B, module.hidden_size)) if kind.startswith("lstm") else h
     expected_outs, expected_grads = _run_module(module, x, hx, packed, "cpu")
     module.cuda()
-    with other_emitters():
-        outs, grads = _run_module(module, x, hx, packed, "cuda:0")
+    outs, grads = _run_module(module, x, hx, packed, "cuda:0")
     for got, want in zip(outs, expected_outs):
         np.testing.assert_allclose(got, want, **F64)
     assert grads.keys() == expected_grads.keys()
