@@ -11,6 +11,7 @@ elementwise fusion group runs at once through that callback (the Triton backend,
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 from ...autograd import no_grad
 from ...dispatch import dispatch
@@ -61,11 +62,21 @@ def run(graph, inputs: dict, record_autograd=False, run_group=None, run_node=Non
         return [value(r) for r in graph.outputs]
 
 
+_fused_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # compiled graph -> (steps, frees)
+
+
 def _plan(graph, run_group):
     """(steps, frees): node names in graph order and the memory plan's frees; or, for a fusing
-    backend, the schedule with groups as lists and frees after each value's last scheduled reader."""
+    backend (which runs compiled graphs, never rewritten again: the plan is kept per graph), the
+    schedule with groups as lists and frees after each value's last scheduled reader."""
     if run_group is None:
         return [n.name for n in graph.nodes], {n.name: n.meta.get("free_after", ()) for n in graph.nodes}
+    if graph not in _fused_plans:
+        _fused_plans[graph] = _fused_plan(graph)
+    return _fused_plans[graph]
+
+
+def _fused_plan(graph):
     from ...ir.pipeline import schedule
 
     steps = schedule(graph)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass, field
 
 from ...codegen.numpy import interpreter
 from ...dispatch import dispatch
@@ -33,11 +32,11 @@ def run(graph, inputs: dict, updates: dict | None = None):
     """Evaluate `graph` on device tensors `inputs`; returns its outputs as a list. `updates` maps
     an input's placeholder name to the graph output (Ref) holding its new value: such values are
     written into the input's memory where that is safe (the caller then has nothing to copy)."""
-    execution = _Run(_plan_for(graph, updates or {}), inputs)
+    execution = _Run(graph, _plan_for(graph, updates or {}), inputs)
     return interpreter.run(graph, inputs, run_group=execution.group, run_node=execution.node)
 
 
-_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> {updates: _Plan}
 
 
 def _plan_for(graph, updates):
@@ -48,17 +47,19 @@ def _plan_for(graph, updates):
     return cached[key]
 
 
-@dataclass
 class _Plan:
-    """Where each kernel output goes (static per graph): ("input", placeholder) or
-    ("cat", cat node, offset along its dim)."""
+    """Where each kernel output goes, worked out once per graph: `destination[(node, index)]` is
+    ("input", placeholder) or ("cat", cat node, offset along its dim). Holds no reference to the
+    graph (plans are cached per graph, weakly)."""
 
-    graph: object
-    updates: dict
-    destination: dict = field(default_factory=dict)  # (node, output index) -> target
-    pieces: dict = field(default_factory=dict)  # cat node -> number of pieces written in place
+    def __init__(self, graph, updates):
+        self.destination: dict = {}
+        self.pieces: dict = {}  # cat node -> number of pieces written in place
+        self.graph = graph  # only while planning
+        self._plan(updates)
+        del self.graph
 
-    def __post_init__(self):
+    def _plan(self, updates):
         g = self.graph
         steps = schedule(g)
         self.members = {}
@@ -72,7 +73,7 @@ class _Plan:
         for r in g.outputs:
             if isinstance(r, Ref):
                 self.output_uses[(r.node, r.index)] = self.output_uses.get((r.node, r.index), 0) + 1
-        for name, ref in self.updates.items():
+        for name, ref in updates.items():
             if self._can_update_in_place(name, ref):
                 self.destination[(ref.node, ref.index)] = ("input", name)
         for node in g.nodes:
@@ -143,15 +144,15 @@ class _Plan:
 class _Run:
     """One execution of a plan: the concatenation buffers and how many pieces landed in each."""
 
-    def __init__(self, plan, inputs):
-        self.plan, self.inputs = plan, inputs
+    def __init__(self, graph, plan, inputs):
+        self.graph, self.plan, self.inputs = graph, plan, inputs
         self.buffers, self.landed = {}, {}
 
     def _target(self, key, shape, device):
         kind, where, *rest = self.plan.destination[key]
         if kind == "input":
             return self.inputs[where]._data
-        cat = self.plan.graph.node(where)
+        cat = self.graph.node(where)
         cat_shape, dtype = cat.meta["outputs"][0]
         if where not in self.buffers:
             self.buffers[where] = devices.backend(device).empty(cat_shape, dtype.np_type, device)
@@ -163,7 +164,7 @@ class _Run:
         out = {}
         for slot, (name, j) in names_and_indices.items():
             if (name, j) in self.plan.destination:
-                shape = self.plan.graph.node(name).meta["outputs"][j][0]
+                shape = self.graph.node(name).meta["outputs"][j][0]
                 out[slot] = self._target((name, j), shape, device)
         return out
 
