@@ -10,7 +10,7 @@ import pytest
 import tracefuse
 from tracefuse.ir.graph import Graph, Ref
 from tracefuse.ir.ops import TensorSlot
-from tracefuse.ir.passes import (clip_norm_fusion, constant_fold, cse, dead_code, elementwise_fusion, groups,
+from tracefuse.ir.passes import (clip_norm_fusion, constant_fold, copy_elision, cse, dead_code, elementwise_fusion, groups,
                                  kernel_count, memory_plan, rnn_loop_rolling)
 from tracefuse.ir.passes.constant_fold import FOLD_LIMIT
 from tracefuse.ir.passes.memory_plan import free_after
@@ -412,3 +412,24 @@ def test_pass_log_is_readable_and_goes_to_the_logger(caplog):
     assert [r.getMessage() for r in caplog.records] == text.splitlines()
     assert str(PassLog()) == "(no rewrites)"
     assert math.isfinite(evaluate(g, random_inputs(g))[0].item())
+
+
+# --- copy elision --------------------------------------------------------------------------------------
+
+
+def test_copy_elision_drops_clones_of_fresh_unshared_values_only():
+    g = Graph()
+    x, w = g.add_input("x", (3, 4), F64), g.add_input("w", (4, 2), F64)
+    product = add(g, "matmul", x, w)
+    fresh = add(g, "clone", product)  # nothing else reads the product: dropped
+    of_input = add(g, "clone", x)  # a graph input: kept
+    view = add(g, "clone", add(g, "permute", x, dims=(1, 0)))  # a view of an input: kept
+    total = add(g, "sum", x, dim=None, keepdim=False)
+    shared = add(g, "clone", total)  # the sum is returned as well: kept
+    g.outputs = [fresh, of_input, view, shared, total]
+    log = PassLog()
+    after = dead_code(copy_elision(g.copy(), log))
+    after.verify()
+    assert_same_results(g, after)
+    assert log.rules() == ["copy_elision/clone_of_fresh_value"] and list(log.entries[0].nodes) == [fresh.node]
+    assert op_counts(after)["clone"] == 3 and after.outputs[0] == product

@@ -37,7 +37,7 @@ def _lstm_loop_model():
 
 def test_pipeline_lists_the_passes_in_order():
     assert [p.__name__ for p in pipeline.PASSES] == [
-        "dead_code", "cse", "constant_fold", "gate_fusion", "rnn_loop_rolling", "clip_norm_fusion", "dead_code",
+        "dead_code", "cse", "copy_elision", "constant_fold", "gate_fusion", "rnn_loop_rolling", "clip_norm_fusion", "dead_code",
         "elementwise_fusion", "memory_plan"]
 
 

@@ -1,6 +1,6 @@
 """The optimization pipeline: the ordered list of passes a traced graph goes through.
 
-Read top to bottom: clean up (dead code, duplicates, constants), recognise the high-level
+Read top to bottom: clean up (dead code, duplicates, needless copies, constants), recognise the high-level
 patterns (hand-written gate math -> cells, cell loops -> layer scans, clipping -> two
 multi-tensor nodes), clean up what they left, then decide kernels (elementwise groups) and
 memory (where values die).
@@ -10,14 +10,15 @@ from __future__ import annotations
 import os
 
 from .graph import Graph
-from .passes import (clip_norm_fusion, constant_fold, cse, dead_code, elementwise_fusion, gate_fusion,
-                     memory_plan, rnn_loop_rolling)
+from .passes import (clip_norm_fusion, constant_fold, copy_elision, cse, dead_code, elementwise_fusion,
+                     gate_fusion, memory_plan, rnn_loop_rolling)
 from .passes.elementwise_fusion import groups, kernel_count, schedule  # noqa: F401  (the stage's public API)
 from .rewrite import PassLog
 
 PASSES = [
     dead_code,
     cse,
+    copy_elision,
     constant_fold,
     gate_fusion,
     rnn_loop_rolling,
