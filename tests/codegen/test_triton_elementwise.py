@@ -214,14 +214,15 @@ def test_generated_source_names_its_intermediates():
 # --- dropout ---------------------------------------------------------------------------------
 
 def test_dropout_result_and_mask_agree():
+    tf.manual_seed(0)
     x = tf.randn(300, 7, dtype=tf.float64) + 3  # no zeros: a dropped element is the one that is 0
     out, keep = dispatch("dropout", x.cuda(), p=0.3)
     out, keep, x = out.cpu().numpy(), keep.cpu().numpy(), x.numpy()
     assert keep.dtype == np.bool_ and out.dtype == np.float64
     np.testing.assert_allclose(out, np.where(keep, x / 0.7, 0.0), rtol=1e-15)
-    assert abs(keep.mean() - 0.7) < 0.03  # 2100 Bernoulli draws: 5 standard deviations is 0.05
-    column_rates = keep.mean(axis=0)
-    assert column_rates.min() > 0.6 and column_rates.max() < 0.8
+    assert abs(keep.mean() - 0.7) < 0.05  # 2100 Bernoulli draws: 5 standard deviations is 0.05
+    column_rates = keep.mean(axis=0)  # 300 draws each: 5.7 standard deviations is 0.15
+    assert column_rates.min() > 0.55 and column_rates.max() < 0.85
 
 
 @pytest.mark.parametrize("dtype", [tf.float32, tf.float16, tf.bfloat16])

@@ -135,6 +135,17 @@ def test_zero_dim_and_identity_reductions():
     assert_device_matches(_reduce("sum", dim=(), keepdim=False), x)  # no dims: the input itself
 
 
+def _matches_or_raises_the_same(fn, x):
+    """fn on the device gives fn's CPU value, or the ValueError the CPU raises."""
+    try:
+        fn(x)
+    except ValueError as error:
+        with pytest.raises(ValueError, match=str(error)):
+            fn(x.cuda())
+        return
+    assert_device_matches(fn, x)
+
+
 def test_empty_inputs_give_the_cpu_values_or_its_errors():
     empties = [tf.zeros(0, 4, dtype=tf.float64), tf.zeros(3, 0, dtype=tf.float64)]
     for x in empties:
@@ -142,24 +153,10 @@ def test_empty_inputs_give_the_cpu_values_or_its_errors():
             for name, attrs in [("sum", {}), ("prod", {}), ("mean", {}), ("any", {}), ("all", {}),
                                 ("var", {"correction": 1}), ("norm", {"p": 2.0}), ("norm", {"p": math.inf}),
                                 ("amax", {}), ("amin", {}), ("logsumexp", {})]:
-                fn = _reduce(name, dim=dims, keepdim=False, **attrs)
-                try:
-                    fn(x)
-                except ValueError as error:
-                    with pytest.raises(ValueError, match=str(error)):
-                        fn(x.cuda())
-                    continue
-                assert_device_matches(fn, x)
+                _matches_or_raises_the_same(_reduce(name, dim=dims, keepdim=False, **attrs), x)
         for dim in [0, 1]:
             for name in ["argmax", "argmin", "max_dim", "min_dim"]:
-                fn = _reduce(name, dim=dim, keepdim=True)
-                try:
-                    fn(x)
-                except ValueError as error:
-                    with pytest.raises(ValueError, match=str(error)):
-                        fn(x.cuda())
-                    continue
-                assert_device_matches(fn, x)
+                _matches_or_raises_the_same(_reduce(name, dim=dim, keepdim=True), x)
     assert_device_matches(lambda t: t.cumsum(0), empties[0])
     with pytest.raises(RuntimeError, match="Expected reduction dim"):  # the Tensor layer's check, before any kernel
         empties[0].cuda().max()

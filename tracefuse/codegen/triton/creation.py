@@ -130,38 +130,38 @@ def _uniform53(r_hi, r_lo):
     return f"((({r_hi} >> 5).to(tl.float64) * 67108864.0 + ({r_lo} >> 6).to(tl.float64)) * {2.0 ** -53!r})"
 
 
-@emitter("rand")
-def rand(call):
+def _random(call, name, values):
+    """A new array of the op's dtype and shape, filled by kernel `name` with `values(kernel, seed,
+    dtype)` (the value's name), drawn at each element's flat index from a fresh seed."""
     dtype, shape = call.attrs["dtype"], tuple(call.attrs["shape"])
     out = call.empty(shape, dtype)
-    kernel = Pointwise("rand_kernel", shape)
+    kernel = Pointwise(name, shape)
     seed = kernel.scalar("seed", _seed())
-    if dtype is dtypes.float64:
-        kernel.compute("r0, r1, r2, r3", f"tl.randint4x({seed}, offsets)")
-        value = kernel.compute("value", _uniform53("r0", "r1"))
-    else:
-        value = kernel.compute("value", f"tl.rand({seed}, offsets)")
-    kernel.store("out", value, out)
+    kernel.store("out", values(kernel, seed, dtype), out)
     kernel.launch(call)
     return out
+
+
+@emitter("rand")
+def rand(call):
+    def values(kernel, seed, dtype):
+        if dtype is dtypes.float64:
+            kernel.compute("r0, r1, r2, r3", f"tl.randint4x({seed}, offsets)")
+            return kernel.compute("value", _uniform53("r0", "r1"))
+        return kernel.compute("value", f"tl.rand({seed}, offsets)")
+    return _random(call, "rand_kernel", values)
 
 
 @emitter("randn")
 def randn(call):
-    dtype, shape = call.attrs["dtype"], tuple(call.attrs["shape"])
-    out = call.empty(shape, dtype)
-    kernel = Pointwise("randn_kernel", shape)
-    seed = kernel.scalar("seed", _seed())
-    if dtype is dtypes.float64:  # Box-Muller on 53-bit uniforms (1 - u keeps the log finite)
-        kernel.compute("r0, r1, r2, r3", f"tl.randint4x({seed}, offsets)")
-        kernel.compute("u1", "1.0 - " + _uniform53("r0", "r1"))
-        kernel.compute("u2", _uniform53("r2", "r3"))
-        value = kernel.compute("value", f"tl.sqrt(-2.0 * tl.log(u1)) * tl.cos({2 * np.pi!r} * u2)")
-    else:
-        value = kernel.compute("value", f"tl.randn({seed}, offsets)")
-    kernel.store("out", value, out)
-    kernel.launch(call)
-    return out
+    def values(kernel, seed, dtype):
+        if dtype is dtypes.float64:  # Box-Muller on 53-bit uniforms (1 - u keeps the log finite)
+            kernel.compute("r0, r1, r2, r3", f"tl.randint4x({seed}, offsets)")
+            kernel.compute("u1", "1.0 - " + _uniform53("r0", "r1"))
+            kernel.compute("u2", _uniform53("r2", "r3"))
+            return kernel.compute("value", f"tl.sqrt(-2.0 * tl.log(u1)) * tl.cos({2 * np.pi!r} * u2)")
+        return kernel.compute("value", f"tl.randn({seed}, offsets)")
+    return _random(call, "randn_kernel", values)
 
 
 @emitter("randint")
@@ -169,17 +169,13 @@ def randint(call):
     """low + (a 64-bit draw mod (high - low)) in int64, then cast (the bias is below 2^-32 for
     ranges below 2^32)."""
     a = call.attrs
-    dtype, shape = a["dtype"], tuple(a["shape"])
-    out = call.empty(shape, dtype)
-    kernel = Pointwise("randint_kernel", shape)
-    seed = kernel.scalar("seed", _seed())
-    low, span = kernel.scalar("low", int(a["low"])), kernel.scalar("span", int(a["high"]) - int(a["low"]))
-    kernel.compute("r0, r1, r2, r3", f"tl.randint4x({seed}, offsets)")
-    kernel.compute("draw", "(r0.to(tl.uint64) << 32) | r1.to(tl.uint64)")
-    value = kernel.compute("value", f"{low}.to(tl.int64) + (draw % {span}.to(tl.uint64)).to(tl.int64)")
-    kernel.store("out", value, out)
-    kernel.launch(call)
-    return out
+
+    def values(kernel, seed, dtype):
+        low, span = kernel.scalar("low", int(a["low"])), kernel.scalar("span", int(a["high"]) - int(a["low"]))
+        kernel.compute("r0, r1, r2, r3", f"tl.randint4x({seed}, offsets)")
+        kernel.compute("draw", "(r0.to(tl.uint64) << 32) | r1.to(tl.uint64)")
+        return kernel.compute("value", f"{low}.to(tl.int64) + (draw % {span}.to(tl.uint64)).to(tl.int64)")
+    return _random(call, "randint_kernel", values)
 
 
 @emitter("randperm")

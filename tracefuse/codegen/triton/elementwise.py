@@ -326,7 +326,7 @@ EXPRESSIONS = {
     "sub": lambda a, arg, attrs: f"{a[0]} - {a[1]}",
     "mul": lambda a, arg, attrs: f"{a[0]} * {a[1]}",
     "div": lambda a, arg, attrs: f"{a[0]} / {a[1]}",
-    "neg": lambda a, arg, attrs: f"-{a[0]}",
+    "neg": lambda a, arg, attrs: f"{a[0]} * -1",  # not 0 - x: keeps -0.0 (Triton 3.6's interpreter has -x = 0 - x)
     "abs": lambda a, arg, attrs: f"tl.abs({a[0]})",
     "exp": lambda a, arg, attrs: f"tl.exp({a[0]})",
     "expm1": _unary(_expm1),
@@ -462,8 +462,28 @@ def dropout(call):
     return out, mask
 
 
-def copy_into(call, dst, src):
+def copy_into(call, dst, src, name="copy_kernel"):
     """dst[...] = src (broadcast, cast to dst's type): in-place assignment on a device."""
-    kernel = Pointwise("copy_kernel", dst.shape)
+    kernel = Pointwise(name, dst.shape)
     kernel.store("dst", kernel.load("src", src), dst)
     kernel.launch(call)
+
+
+def is_contiguous(array) -> bool:
+    """Whether `array` is C-contiguous (the stride of an extent-1 dim does not matter)."""
+    expected = array.itemsize
+    for n, stride in zip(reversed(array.shape), reversed(array.strides)):
+        if n != 1 and stride != expected:
+            return False
+        expected *= n
+    return True
+
+
+def contiguous(call, array):
+    """`array` itself when it is C-contiguous or empty (or None: an absent operand), else a
+    C-contiguous copy made on the device (one copy launch)."""
+    if array is None or array.size == 0 or is_contiguous(array):
+        return array
+    copy = call.empty(array.shape, array.dtype)
+    copy_into(call, copy, array, "contiguous_kernel")
+    return copy

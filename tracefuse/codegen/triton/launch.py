@@ -128,6 +128,8 @@ class OpCall:
         grid = tuple(int(g) for g in grid)
         if not all(grid):
             return  # an empty grid: nothing to compute
+        # Bools go as 0/1 ints: Triton 3.6's interpreter cannot stage a bool argument.
+        args = [int(a) if isinstance(a, (bool, np.bool_)) else a for a in args]
         converted = [self.backend.pointer(a) if isinstance(a, np.ndarray) else a for a in args]
         if _state.recorders:
             record = LaunchRecord(kernel, grid, _signature(kernel, args), dict(constexprs))
@@ -143,8 +145,6 @@ def _signature(kernel, args) -> dict:
     for name, a in zip(names, args):
         if isinstance(a, np.ndarray):
             signature[name] = "*" + TRITON_TYPES[a.dtype.name]
-        elif isinstance(a, (bool, np.bool_)):
-            signature[name] = "i1"
         elif isinstance(a, (int, np.integer)):
             signature[name] = "i32" if -2**31 <= a < 2**31 else "i64"
         else:

@@ -49,6 +49,7 @@ import numpy as np
 
 from ... import dtypes
 from .heuristics import block_size, multi_tensor_blocks
+from .elementwise import contiguous
 from .launch import emitter, tl_type
 from .pointwise import store_cast
 
@@ -60,11 +61,7 @@ _HALF = ("float16", "bfloat16")
 
 
 def device_address(backend, array) -> int:
-    """The device address of `array`'s first element (what goes into a pointer table). A backend
-    may provide `address(array)`; the interpret backend's kernel pointer knows it."""
-    address = getattr(backend, "address", None)
-    if address is not None:
-        return int(address(array))
+    """The device address of `array`'s first element (what goes into a pointer table)."""
     return int(backend.pointer(array).data_ptr())
 
 
@@ -72,26 +69,6 @@ def block_sizes(sizes) -> tuple[int, int]:
     """(BLOCK, CHUNK) with up to 16 blocks per program, so that the norm's last program has few
     partials to combine."""
     return multi_tensor_blocks(sizes, 16)
-
-
-def _is_contiguous(array) -> bool:
-    expected = array.itemsize
-    for n, stride in zip(reversed(array.shape), reversed(array.strides)):
-        if n != 1 and stride != expected:
-            return False
-        expected *= n
-    return True
-
-
-def _contiguous(call, array):
-    """`array` itself, or a C-contiguous device copy (one strided-copy launch)."""
-    if array.size == 0 or _is_contiguous(array):
-        return array
-    from .elementwise import copy_into
-
-    copy = call.empty(array.shape, array.dtype)
-    copy_into(call, copy, array)
-    return copy
 
 
 def _dtype_name(array) -> str:
@@ -104,8 +81,12 @@ def _check_floating(op_name, arrays):
             raise TypeError(f"{op_name} on a CUDA device supports floating-point tensors only, got {_dtype_name(a)}")
 
 
-class _Tables:
-    """The int64 tables of one launch, built on the host and copied to the device at once."""
+class Tables:
+    """The int64 tables of one multi-tensor launch, built on the host from metadata only and
+    copied to the device at once: element counts (`sizes`), the program table (`program_tensor`,
+    `first_program`: one program per CHUNK elements of a tensor), and the sections `add` and
+    `addresses` append (pointer tables, dtype codes, counters, float64 bits). Used by the
+    multi_tensor ops here and by the optimizer steps (optim.py)."""
 
     def __init__(self, call, sizes, chunk, at_least_one_chunk):
         self.call = call
@@ -121,15 +102,19 @@ class _Tables:
         }
 
     def add(self, name, values):
-        self.sections[name] = np.asarray(values).astype(np.int64)
+        self.sections[name] = np.asarray(values).astype(np.int64).reshape(-1)
+
+    def addresses(self, name, arrays):
+        """A pointer table: the device address of each array."""
+        self.add(name, [device_address(self.call.backend, a) for a in arrays])
 
     def to_device(self) -> dict:
         """One device copy of every section; returns a device view of each (a kernel argument)."""
-        host = np.concatenate([v.reshape(-1) for v in self.sections.values()])
+        host = np.concatenate(list(self.sections.values()))
         table = self.call.backend.from_host(host, self.call.device)
         views, start = {}, 0
         for name, values in self.sections.items():
-            views[name] = table[start:start + values.size]
+            views[name] = table[start:start + max(values.size, 1)]  # an empty section: never read
             start += values.size
         return views
 
@@ -354,11 +339,11 @@ def multi_tensor_norm(call):
     names = sorted({_dtype_name(a) for a in tensors}, key=FLOAT_TYPES.index)
     kind, combine = _norm_kind(p)
 
-    tensors = [_contiguous(call, a) for a in tensors]
+    tensors = [contiguous(call, a) for a in tensors]
     sizes = [int(a.size) for a in tensors]
     block, chunk = block_sizes(sizes)
-    tables = _Tables(call, sizes, chunk, at_least_one_chunk=True)
-    tables.add("addresses", [device_address(call.backend, a) for a in tensors])
+    tables = Tables(call, sizes, chunk, at_least_one_chunk=True)
+    tables.addresses("addresses", tensors)
     if len(names) > 1:
         tables.add("dtype_codes", [names.index(_dtype_name(a)) for a in tensors])
     tables.add("finished", [0])
@@ -470,12 +455,12 @@ def multi_tensor_scale(call):
     if not tensors:
         return outs
     names = sorted({_dtype_name(a) for a in tensors}, key=FLOAT_TYPES.index)
-    sources = [_contiguous(call, a) for a in tensors]
+    sources = [contiguous(call, a) for a in tensors]
     sizes = [int(a.size) for a in tensors]
     block, chunk = block_sizes(sizes)
-    tables = _Tables(call, sizes, chunk, at_least_one_chunk=False)
-    tables.add("sources", [device_address(call.backend, a) for a in sources])
-    tables.add("destinations", [device_address(call.backend, a) for a in outs])
+    tables = Tables(call, sizes, chunk, at_least_one_chunk=False)
+    tables.addresses("sources", sources)
+    tables.addresses("destinations", outs)
     if len(names) > 1:
         tables.add("dtype_codes", [names.index(_dtype_name(a)) for a in tensors])
     if max_norm is not None:

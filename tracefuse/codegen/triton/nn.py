@@ -26,6 +26,7 @@ import triton
 from ... import dtypes
 from ...ir import shapes
 from .heuristics import block_size
+from .elementwise import contiguous, copy_into
 from .launch import emitter, tl_type
 from .pointwise import INT32_LIMIT, Pointwise, store_cast
 
@@ -49,34 +50,12 @@ def _accumulator(dtype) -> np.dtype:
     return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
 
 
-def _is_contiguous(x) -> bool:
-    expected = x.itemsize
-    for n, stride in zip(reversed(x.shape), reversed(x.strides)):
-        if n != 1 and stride != expected:
-            return False
-        expected *= n
-    return True
-
-
-def _contiguous(call, x):
-    """`x` itself when C-contiguous, else a C-contiguous copy made on the device."""
-    if x is None or _is_contiguous(x):
-        return x
-    out = call.empty(x.shape, x.dtype)
-    copy = Pointwise("contiguous_kernel", x.shape)
-    copy.store("out", copy.load("x", x), out)
-    copy.launch(call)
-    return out
-
-
 def _cast(call, x, dtype):
     """A copy of `x` as `dtype` (accumulators to the result type)."""
     if np.dtype(x.dtype) == np.dtype(dtype):
         return x
     out = call.empty(x.shape, dtype)
-    copy = Pointwise("cast_kernel", x.shape)
-    copy.store("out", copy.load("x", x), out)
-    copy.launch(call)
+    copy_into(call, out, x, "cast_kernel")
     return out
 
 
@@ -158,7 +137,7 @@ def softmax(call):
     if out.size == 0:
         return out
     dim = call.attrs["dim"] % x.ndim
-    x = _contiguous(call, x)
+    x = contiguous(call, x)
     n_cols = x.shape[dim]
     inner = math.prod(x.shape[dim + 1:])
     block = block_size(n_cols, high=MAX_ROW_BLOCK)
@@ -224,7 +203,7 @@ def layer_norm(call):
     n_cols = math.prod(call.attrs["normalized_shape"])
     if out.size == 0:
         return out
-    x, weight, bias = (_contiguous(call, a) for a in (x, weight, bias))
+    x, weight, bias = (contiguous(call, a) for a in (x, weight, bias))
     compute = _compute(out.dtype)
     block = block_size(n_cols, high=MAX_ROW_BLOCK)
     source = _layer_norm_source(compute, out.dtype, weight is not None, bias is not None, n_cols <= block, _wide(x))
@@ -282,6 +261,17 @@ def _layer_norm_source(compute, out_dtype, has_weight, has_bias, one_block, wide
 # --- embedding -----------------------------------------------------------------------------------
 
 
+def _embedding_row(wide) -> list[str]:
+    """The head of an embedding kernel: this program's index and block of its row's columns."""
+    return [
+        "# one program per (index, block of its row)",
+        f"position = {_pid(0, wide)}",
+        "cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)",
+        "col_mask = cols < dim",
+        "index = tl.broadcast_to(tl.load(indices_ptr + position).to(tl.int64), [BLOCK])  # one per lane",
+    ]
+
+
 @emitter("embedding")
 def embedding(call):
     """Rows of the table picked by the indices. The values are not checked on the device: an
@@ -291,7 +281,7 @@ def embedding(call):
     out = call.empty(tuple(indices.shape) + (dim,), call.out_dtype)
     if out.size == 0:
         return out
-    indices = _contiguous(call, indices)
+    indices = contiguous(call, indices)
     block = block_size(dim, high=1024)
     wide = _wide(weight, out)
     params = [
@@ -301,12 +291,7 @@ def embedding(call):
         "num_weights, dim, weight_stride0, weight_stride1,",
         "BLOCK: tl.constexpr,",
     ]
-    body = [
-        "# one program per (index, block of its row)",
-        f"position = {_pid(0, wide)}",
-        "cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)",
-        "col_mask = cols < dim",
-        "index = tl.broadcast_to(tl.load(indices_ptr + position).to(tl.int64), [BLOCK])  # one per lane",
+    body = _embedding_row(wide) + [
         "in_range = (index >= 0) & (index < num_weights)",
         "row = tl.load(weight_ptr + index * weight_stride0 + cols * weight_stride1, mask=col_mask & in_range, other=0)",
         "tl.store(out_ptr + position * dim + cols, row, mask=col_mask)",
@@ -328,7 +313,7 @@ def embedding_backward(call):
     out_dtype = np.dtype(call.out_dtype.np_type)
     accumulator = _zeros(call, (num_weights, dim), _accumulator(out_dtype))
     if grad.size:
-        grad, indices = _contiguous(call, grad), _contiguous(call, indices)
+        grad, indices = contiguous(call, grad), contiguous(call, indices)
         block = block_size(dim, high=1024)
         wide = _wide(grad, accumulator)
         params = [
@@ -338,12 +323,7 @@ def embedding_backward(call):
             "num_weights, dim, padding_idx,",
             "BLOCK: tl.constexpr,",
         ]
-        body = [
-            "# one program per (index, block of its row)",
-            f"position = {_pid(0, wide)}",
-            "cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)",
-            "col_mask = cols < dim",
-            "index = tl.broadcast_to(tl.load(indices_ptr + position).to(tl.int64), [BLOCK])  # one per lane",
+        body = _embedding_row(wide) + [
             "accumulate = (index >= 0) & (index < num_weights) & (index != padding_idx)",
             f"grad_row = tl.load(grad_ptr + position * dim + cols, mask=col_mask, other=0).to({tl_type(accumulator.dtype)})",
             "tl.atomic_add(grad_weight_ptr + index * dim + cols, grad_row, mask=col_mask & accumulate)",
@@ -397,7 +377,7 @@ def conv(call):
     reduction = math.prod(weight.shape[1:])
     if reduction == 0:
         return _conv_bias_only(call, out, bias)
-    x, weight, bias = (_contiguous(call, a) for a in (x, weight, bias))
+    x, weight, bias = (contiguous(call, a) for a in (x, weight, bias))
     compute = _compute(out.dtype)
     in_sizes, out_sizes = x.shape[2:], out.shape[2:]
     out_numel = math.prod(out_sizes)
@@ -423,6 +403,39 @@ def _conv_bias_only(call, out, bias):
     return out
 
 
+def _implicit_gemm_head(nd, ct, wide, side, block_c, source) -> list[str]:
+    """The opening of an implicit GEMM per (image, group) over the positions of `side` ("out" for
+    the convolution, "in" for its input gradient): this program's BLOCK_L positions (split into
+    per-dim coordinates) and `block_c` channels of that side, its image of `source` (laid out by the
+    other side), and the reduction loop's head over (channel of the other side, tap)."""
+    other = "in" if side == "out" else "out"
+    sizes = {s: _size_names(f"{s}_size", nd) for s in ("in", "out")}
+    body = [
+        f"pid = {_pid(0, wide)}",
+        "position_block = pid % position_blocks",
+        "image_group = pid // position_blocks",
+        "group = image_group % groups",
+        "positions = position_block * BLOCK_L + tl.arange(0, BLOCK_L)",
+        f"{side}_numel = {_product(sizes[side])}",
+        f"{other}_numel = {_product(sizes[other])}",
+        f"position_mask = positions < {side}_numel",
+    ]
+    body += _split("positions", [f"{side}{d}" for d in range(nd)], sizes[side])
+    body += [
+        f"channels = tl.program_id(1) * {block_c} + tl.arange(0, {block_c})",
+        f"channel_mask = channels < group_{side}",
+        f"reduction = group_{other} * WINDOW",
+        f"{source}_image = {source}_ptr + image_group * group_{other} * {other}_numel",
+        f"acc = tl.zeros([BLOCK_L, {block_c}], dtype={ct})",
+        "for start in range(0, reduction, BLOCK_R):",
+        f"    r = start + {_arange('BLOCK_R', wide)}",
+        "    r_mask = r < reduction",
+        f"    {other}_channel = r // WINDOW",
+        "    tap = r % WINDOW",
+    ]
+    return body + _taps("tap", nd, 1)
+
+
 def _conv_source(nd, compute, out_dtype, has_bias, wide) -> str:
     ct = tl_type(compute)
     ins, outs = _size_names("in_size", nd), _size_names("out_size", nd)
@@ -440,29 +453,7 @@ def _conv_source(nd, compute, out_dtype, has_bias, wide) -> str:
     body = [
         "# an implicit GEMM per (image, group): out[positions, channels] = columns[positions, r] @ weight[r, channels]",
         "# where r runs over (input channel, tap) and the columns are gathered from the input (im2col)",
-        f"pid = {_pid(0, wide)}",
-        "position_block = pid % position_blocks",
-        "image_group = pid // position_blocks",
-        "group = image_group % groups",
-        "positions = position_block * BLOCK_L + tl.arange(0, BLOCK_L)",
-        f"out_numel = {_product(outs)}",
-        f"in_numel = {_product(ins)}",
-        "position_mask = positions < out_numel",
-    ]
-    body += _split("positions", [f"out{d}" for d in range(nd)], outs)
-    body += [
-        "channels = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)",
-        "channel_mask = channels < group_out",
-        "reduction = group_in * WINDOW",
-        "x_image = x_ptr + image_group * group_in * in_numel",
-        f"acc = tl.zeros([BLOCK_L, BLOCK_O], dtype={ct})",
-        "for start in range(0, reduction, BLOCK_R):",
-        f"    r = start + {_arange('BLOCK_R', wide)}",
-        "    r_mask = r < reduction",
-        "    in_channel = r // WINDOW",
-        "    tap = r % WINDOW",
-    ]
-    body += _taps("tap", nd, 1)
+    ] + _implicit_gemm_head(nd, ct, wide, "out", "BLOCK_O", "x")
     inside = ["position_mask[:, None] & r_mask[None, :]"]
     for d in range(nd):
         body.append(f"    in{d} = out{d}[:, None] * STRIDE{d} - PADDING{d} + tap{d}[None, :] * DILATION{d}")
@@ -491,7 +482,7 @@ def conv_backward(call):
     nd, window = _conv_geometry(call.attrs, weight.shape)
     out_dtype = np.dtype(call.out_dtype.np_type)
     compute = np.result_type(*[_compute(a.dtype) for a in (grad, x, weight)])
-    grad, x, weight = (_contiguous(call, a) for a in (grad, x, weight))
+    grad, x, weight = (contiguous(call, a) for a in (grad, x, weight))
     batch, channels = x.shape[:2]
     out_channels = weight.shape[0]
     group_in, group_out = channels // groups, out_channels // groups
@@ -563,7 +554,7 @@ def _conv_backward_params(nd, pointers, extra, blocks) -> list[str]:
 
 def _conv_input_grad_source(nd, compute, out_dtype, wide) -> str:
     ct = tl_type(compute)
-    ins, outs = _size_names("in_size", nd), _size_names("out_size", nd)
+    outs = _size_names("out_size", nd)
     params = _conv_backward_params(
         nd, ["# pointers: output gradient [N, O, *out], weight [O, C/groups, *kernel], input gradient [N, C, *in]",
              "grad_ptr, w_ptr, grad_x_ptr,"],
@@ -572,29 +563,7 @@ def _conv_input_grad_source(nd, compute, out_dtype, wide) -> str:
         "# per (image, group): grad_x[positions, channels] = grads[positions, r] @ weight[r, channels], where r",
         "# runs over (output channel, tap) and grads holds the output gradient at the position whose window",
         "# puts that tap on this input position (zero where none does)",
-        f"pid = {_pid(0, wide)}",
-        "position_block = pid % position_blocks",
-        "image_group = pid // position_blocks",
-        "group = image_group % groups",
-        "positions = position_block * BLOCK_L + tl.arange(0, BLOCK_L)",
-        f"in_numel = {_product(ins)}",
-        f"out_numel = {_product(outs)}",
-        "position_mask = positions < in_numel",
-    ]
-    body += _split("positions", [f"in{d}" for d in range(nd)], ins)
-    body += [
-        "channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)",
-        "channel_mask = channels < group_in",
-        "reduction = group_out * WINDOW",
-        "grad_image = grad_ptr + image_group * group_out * out_numel",
-        f"acc = tl.zeros([BLOCK_L, BLOCK_C], dtype={ct})",
-        "for start in range(0, reduction, BLOCK_R):",
-        f"    r = start + {_arange('BLOCK_R', wide)}",
-        "    r_mask = r < reduction",
-        "    out_channel = r // WINDOW",
-        "    tap = r % WINDOW",
-    ]
-    body += _taps("tap", nd, 1)
+    ] + _implicit_gemm_head(nd, ct, wide, "in", "BLOCK_C", "grad")
     hit = ["position_mask[:, None] & r_mask[None, :]"]
     for d in range(nd):
         body += [f"    span{d} = in{d}[:, None] + PADDING{d} - tap{d}[None, :] * DILATION{d}",
@@ -687,6 +656,14 @@ def _output_lanes(nd, wide, sizes_prefix, coords_prefix) -> list[str]:
     ] + _split("offsets", [f"{coords_prefix}{d}" for d in range(nd)], sizes, rest="row")
 
 
+def _lane_params(nd, comment, pointers) -> list[str]:
+    """The parameters of a one-lane-per-position pooling kernel: its pointers (after their
+    comment), the lane count and spatial sizes, the window geometry and BLOCK."""
+    ins, outs = _size_names("in_size", nd), _size_names("out_size", nd)
+    return [comment, pointers, "# sizes", "numel, " + ", ".join(ins + outs) + ","] + _window_params(nd) + [
+        "BLOCK: tl.constexpr,"]
+
+
 @emitter("max_pool")
 def max_pool(call):
     (x,) = call.inputs
@@ -696,19 +673,14 @@ def max_pool(call):
     values, indices = call.empty(out_shape, call.out_dtype), call.empty(out_shape, np.int64)
     if values.size == 0:
         return values, indices
-    x = _contiguous(call, x)
+    x = contiguous(call, x)
     compute = _compute(values.dtype)
     if compute.kind in "iub":
         compute = np.dtype(np.int64)
     ct = tl_type(compute)
     lowest = _lowest(x.dtype)
-    ins, outs = _size_names("in_size", nd), _size_names("out_size", nd)
-    params = [
-        "# pointers: input [rows, *in] (C-contiguous), the maxima [rows, *out] and their flat indices over *in",
-        "x_ptr, out_ptr, indices_ptr,",
-        "# sizes",
-        "numel, " + ", ".join(ins + outs) + ",",
-    ] + _window_params(nd) + ["BLOCK: tl.constexpr,"]
+    ins = _size_names("in_size", nd)
+    params = _lane_params(nd, "# pointers: input [rows, *in] (C-contiguous), the maxima [rows, *out] and their flat indices over *in", "x_ptr, out_ptr, indices_ptr,")
     body = ["# one lane per output: its window's first maximum in scan order (a NaN is the maximum),"
             " padding holding the lowest value"]
     body += _output_lanes(nd, _wide(x, values), "out_size", "out")
@@ -748,7 +720,7 @@ def max_pool_backward(call):
     accumulator = _zeros(call, input_shape, _accumulator(out_dtype))
     plane = math.prod(input_shape[len(input_shape) - nd:])
     if grad.size and plane:
-        grad, indices = _contiguous(call, grad), _contiguous(call, indices)
+        grad, indices = contiguous(call, grad), contiguous(call, indices)
         out_numel = math.prod(grad.shape[grad.ndim - nd:])
         params = [
             "# pointers: output gradient and indices [rows, out_numel] (C-contiguous), input gradient [rows, plane]",
@@ -805,17 +777,12 @@ def avg_pool(call):
     out = call.empty(out_shape, call.out_dtype)
     if out.size == 0:
         return out
-    x = _contiguous(call, x)
+    x = contiguous(call, x)
     compute = _compute(out.dtype)
     integral = compute.kind in "iub"
     ct = tl_type(np.int64 if integral else compute)
-    ins, outs = _size_names("in_size", nd), _size_names("out_size", nd)
-    params = [
-        "# pointers: input [rows, *in] (C-contiguous), output [rows, *out]",
-        "x_ptr, out_ptr,",
-        "# sizes",
-        "numel, " + ", ".join(ins + outs) + ",",
-    ] + _window_params(nd) + ["BLOCK: tl.constexpr,"]
+    ins = _size_names("in_size", nd)
+    params = _lane_params(nd, "# pointers: input [rows, *in] (C-contiguous), output [rows, *out]", "x_ptr, out_ptr,")
     body = ["# one lane per output: the sum over its window (padding counts as zeros) over the divisor"]
     body += _output_lanes(nd, _wide(x, out), "out_size", "out")
     body += [f"x_row = x_ptr + row * ({_product(ins)})", f"total = tl.zeros([BLOCK], {ct})"]
@@ -851,16 +818,11 @@ def avg_pool_backward(call):
         return out
     if grad.size == 0:
         return _zeros(call, input_shape, out.dtype)
-    grad = _contiguous(call, grad)
+    grad = contiguous(call, grad)
     spatial, out_sizes = input_shape[len(input_shape) - nd:], grad.shape[grad.ndim - nd:]
     ct = tl_type(_compute(out.dtype))
-    ins, outs = _size_names("in_size", nd), _size_names("out_size", nd)
-    params = [
-        "# pointers: output gradient [rows, *out] (C-contiguous), input gradient [rows, *in]",
-        "grad_ptr, grad_x_ptr,",
-        "# sizes",
-        "numel, " + ", ".join(ins + outs) + ",",
-    ] + _window_params(nd) + ["BLOCK: tl.constexpr,"]
+    outs = _size_names("out_size", nd)
+    params = _lane_params(nd, "# pointers: output gradient [rows, *out] (C-contiguous), input gradient [rows, *in]", "grad_ptr, grad_x_ptr,")
     body = ["# one lane per input position"]
     body += _output_lanes(nd, _wide(grad, out), "in_size", "in")
     body += [f"grad_row = grad_ptr + row * ({_product(outs)})", f"total = tl.zeros([BLOCK], {ct})"]

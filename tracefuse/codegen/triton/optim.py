@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .elementwise import contiguous
 from .heuristics import multi_tensor_blocks
 from .launch import emitter, tl_type
+from .multi_tensor import Tables
 from .pointwise import store_cast
 
 FLOAT_TYPES = ("float64", "float32", "float16", "bfloat16")
@@ -47,58 +49,9 @@ def _name(array) -> str:
     return np.dtype(array.dtype).name
 
 
-def _is_contiguous(array) -> bool:
-    expected = array.itemsize
-    for n, stride in zip(reversed(array.shape), reversed(array.strides)):
-        if n != 1 and stride != expected:
-            return False
-        expected *= n
-    return True
-
-
-def _contiguous(call, array):
-    if array.size == 0 or _is_contiguous(array):
-        return array
-    from .elementwise import copy_into
-
-    copy = call.empty(array.shape, array.dtype)
-    copy_into(call, copy, array)
-    return copy
-
-
 def _float_bits(value) -> int:
     """A Python number as the int64 holding its float64 bits (how hyperparameters reach a kernel)."""
     return int(np.array([float(value)], np.float64).view(np.int64)[0])
-
-
-class _Launch:
-    """The tables of one launch over `count` tensors, built on the host and copied at once."""
-
-    def __init__(self, call, sizes, at_least_one_program):
-        self.call = call
-        self.block, self.chunk = multi_tensor_blocks(sizes, 8)
-        counts = [max(1 if at_least_one_program else 0, -(-n // self.chunk)) for n in sizes]
-        first_program = np.zeros(len(sizes) + 1, np.int64)
-        np.cumsum(counts, out=first_program[1:])
-        self.programs = int(first_program[-1])
-        self.sections = {"sizes": np.asarray(sizes, np.int64),
-                         "program_tensor": np.repeat(np.arange(len(sizes), dtype=np.int64), counts),
-                         "first_program": first_program}
-
-    def add(self, name, values):
-        self.sections[name] = np.asarray(values, dtype=np.int64).reshape(-1)
-
-    def addresses(self, name, arrays):
-        self.add(name, [self.call.backend.pointer(a).data_ptr() for a in arrays])
-
-    def tables(self) -> dict:
-        host = np.concatenate(list(self.sections.values()))
-        table = self.call.backend.from_host(host, self.call.device)
-        views, start = {}, 0
-        for name, values in self.sections.items():
-            views[name] = table[start:start + max(values.size, 1)]  # an empty section: never read
-            start += values.size
-        return views
 
 
 def _check(op_name, arrays):
@@ -153,6 +106,18 @@ class _Source:
     def comment(self, text):
         self.lines.append(f"# {text}")
 
+    def load(self, roles, maximize):
+        """Each role's elements in the compute type; the gradient negated for `maximize`."""
+        for role in roles:
+            self.lines.append(f"{role} = tl.load({role}_ptr + offsets, mask=in_bounds).to({self.compute})")
+        if maximize:
+            self.let("grad", "-grad", exact=True)
+
+    def store(self, roles, values):
+        """Each value rounded to the dtype and stored through its role's pointer."""
+        for role, value in zip(roles, values):
+            self.lines.append(f"tl.store({role}_ptr + offsets, {store_cast(value, self.name)}, mask=in_bounds)")
+
 
 def _kernel_head(name, groups, scalars_comment):
     lines = ["@triton.jit", f"def {name}("]
@@ -191,6 +156,13 @@ def _indent(lines, by=1):
     return ["    " * by + line for line in lines]
 
 
+def _chunk_loop(lines):
+    """`lines` run over the program's chunk, BLOCK elements at a time."""
+    return ["for start in range(0, CHUNK, BLOCK):",
+            "    offsets = chunk_start + start + tl.arange(0, BLOCK)",
+            "    in_bounds = offsets < numel"] + _indent(lines)
+
+
 # --- multi_tensor_sgd ----------------------------------------------------------------------------------------
 
 
@@ -203,10 +175,7 @@ def _sgd_source(name, dtype_name, attrs, has_buffers):
     hyper = ["neg_lr", "weight_decay", "momentum", "dampening_complement"]
 
     s = _Source(dtype_name)
-    for role in inputs:
-        s.lines.append(f"{role} = tl.load({role}_ptr + offsets, mask=in_bounds).to({s.compute})")
-    if attrs["maximize"]:
-        s.let("grad", "-grad", exact=True)
+    s.load(inputs, attrs["maximize"])
     if weight_decay != 0:
         s.let("grad", "grad + " + s.scaled("decay", "param", weight_decay, "weight_decay"))
     if uses_buffers:
@@ -222,9 +191,7 @@ def _sgd_source(name, dtype_name, attrs, has_buffers):
         else:
             s.let("grad", "momentum_buffer", exact=True)
     s.let("new_param", "param + " + s.scaled("step", "grad", -lr, "neg_lr"))
-    stores = [("new_param", "new_param")] + ([("new_momentum_buffer", "momentum_buffer")] if uses_buffers else [])
-    for role, value in stores:
-        s.lines.append(f"tl.store({role}_ptr + offsets, {store_cast(value, dtype_name)}, mask=in_bounds)")
+    s.store(outputs, ["new_param"] + (["momentum_buffer"] if uses_buffers else []))
 
     head = _kernel_head(name, [
         ("tensor table, one entry per tensor: the inputs' addresses", [r + "s" for r in inputs]),
@@ -234,10 +201,7 @@ def _sgd_source(name, dtype_name, attrs, has_buffers):
     ], "float64 bits of: " + ", ".join(hyper))
     body = _program_lines() + _hyperparameter_lines(hyper, s.compute)
     body += _pointer_lines(inputs + outputs, dtype_name)
-    body += ["for start in range(0, CHUNK, BLOCK):",
-             "    offsets = chunk_start + start + tl.arange(0, BLOCK)",
-             "    in_bounds = offsets < numel"]
-    body += _indent(s.lines)
+    body += _chunk_loop(s.lines)
     return "\n".join(head + _indent(body)) + "\n"
 
 
@@ -259,22 +223,23 @@ def multi_tensor_sgd(call):
         sizes = [int(params[t].size) for t in members]
         if not any(sizes):
             continue
-        launch = _Launch(call, sizes, at_least_one_program=False)
-        launch.addresses("params", [_contiguous(call, params[t]) for t in members])
-        launch.addresses("grads", [_contiguous(call, grads[t]) for t in members])
+        block, chunk = multi_tensor_blocks(sizes, 8)
+        tables = Tables(call, sizes, chunk, at_least_one_chunk=False)
+        tables.addresses("params", [contiguous(call, params[t]) for t in members])
+        tables.addresses("grads", [contiguous(call, grads[t]) for t in members])
         if momentum != 0 and has_buffers:
-            launch.addresses("momentum_buffers", [_contiguous(call, buffers[t]) for t in members])
-        launch.addresses("new_params", [outputs[t] for t in members])
+            tables.addresses("momentum_buffers", [contiguous(call, buffers[t]) for t in members])
+        tables.addresses("new_params", [outputs[t] for t in members])
         if momentum != 0:
-            launch.addresses("new_momentum_buffers", [outputs[n + t] for t in members])
-        launch.add("hyperparameters", [_float_bits(v) for v in hyper])
-        table = launch.tables()
+            tables.addresses("new_momentum_buffers", [outputs[n + t] for t in members])
+        tables.add("hyperparameters", [_float_bits(v) for v in hyper])
+        table = tables.to_device()
         source = _sgd_source("multi_tensor_sgd_kernel", dtype_name, attrs, has_buffers)
         kernel = call.kernel("multi_tensor_sgd_kernel", source)
-        names = [k for k in launch.sections if k not in ("sizes", "program_tensor", "first_program", "hyperparameters")]
+        names = [k for k in tables.sections if k not in ("sizes", "program_tensor", "first_program", "hyperparameters")]
         args = [table[k] for k in names] + [table["sizes"], table["program_tensor"], table["first_program"],
                                              table["hyperparameters"]]
-        call.launch(kernel, (launch.programs,), *args, BLOCK=launch.block, CHUNK=launch.chunk)
+        call.launch(kernel, (tables.programs,), *args, BLOCK=block, CHUNK=chunk)
     return tuple(outputs)
 
 
@@ -319,10 +284,7 @@ def _adam_source(name, dtype_name, step_name, attrs, has_scalars):
     wide_hyper = ("lr", "beta1", "beta2", "eps")
 
     s = _Source(dtype_name)
-    for role in inputs:
-        s.lines.append(f"{role} = tl.load({role}_ptr + offsets, mask=in_bounds).to({s.compute})")
-    if attrs["maximize"]:
-        s.let("grad", "-grad", exact=True)
+    s.load(inputs, attrs["maximize"])
     if weight_decay != 0:
         if attrs["decoupled_weight_decay"]:
             s.let("param", "param * decay")
@@ -365,8 +327,7 @@ def _adam_source(name, dtype_name, step_name, attrs, has_scalars):
         s.lines += _indent(narrow.lines)
     else:
         s.lines += narrow.lines
-    for role, value in zip(outputs, ["new_param"] + states):
-        s.lines.append(f"tl.store({role}_ptr + offsets, {store_cast(value, dtype_name)}, mask=in_bounds)")
+    s.store(outputs, ["new_param"] + states)
 
     step_compute = "tl.float64" if step_name == "float64" else "tl.float32"
     counter = _Source(step_name)
@@ -394,11 +355,8 @@ def _adam_source(name, dtype_name, step_name, attrs, has_scalars):
              "step_size = lr / bias_correction1",
              f"bias_correction2_sqrt_c = bias_correction2_sqrt.to({s.compute})",
              f"neg_step_size_c = (-step_size).to({s.compute})",
-             f"eps_c = eps.to({s.compute})",
-             "for start in range(0, CHUNK, BLOCK):",
-             "    offsets = chunk_start + start + tl.arange(0, BLOCK)",
-             "    in_bounds = offsets < numel"]
-    body += _indent(s.lines)
+             f"eps_c = eps.to({s.compute})"]
+    body += _chunk_loop(s.lines)
     body += ["# the program that finishes last writes the new step: every program has read the old one",
              "tl.debug_barrier()",
              "finished_before = tl.atomic_add(finished + tensor, 1)",
@@ -427,26 +385,27 @@ def multi_tensor_adam(call):
     for (dtype_name, step_name), members in _by_dtype([(_name(p), _name(st)) for p, st in zip(params, steps)]):
         sizes = [int(params[t].size) for t in members]
         scalars = [params[t].ndim == 0 for t in members]
-        launch = _Launch(call, sizes, at_least_one_program=True)  # an empty parameter's step still counts
-        launch.addresses("params", [_contiguous(call, params[t]) for t in members])
-        launch.addresses("grads", [_contiguous(call, grads[t]) for t in members])
+        block, chunk = multi_tensor_blocks(sizes, 8)
+        tables = Tables(call, sizes, chunk, at_least_one_chunk=True)  # an empty parameter's step still counts
+        tables.addresses("params", [contiguous(call, params[t]) for t in members])
+        tables.addresses("grads", [contiguous(call, grads[t]) for t in members])
         names = ["exp_avgs", "exp_avg_sqs"] + (["max_exp_avg_sqs"] if amsgrad else [])
         for name, state in zip(names, states):
-            launch.addresses(name, [_contiguous(call, state[t]) for t in members])
-        launch.addresses("steps", [steps[t] for t in members])
+            tables.addresses(name, [contiguous(call, state[t]) for t in members])
+        tables.addresses("steps", [steps[t] for t in members])
         for k, name in enumerate(["new_params"] + ["new_" + m for m in names]):
-            launch.addresses(name, [outputs[k * n + t] for t in members])
-        launch.addresses("new_steps", [outputs[(groups - 2) * n + t] for t in members])
+            tables.addresses(name, [outputs[k * n + t] for t in members])
+        tables.addresses("new_steps", [outputs[(groups - 2) * n + t] for t in members])
         has_scalars = any(scalars) and dtype_name != "float64"
         if has_scalars:
-            launch.add("is_scalars", scalars)
-        launch.add("finished", [0] * len(members))
-        launch.add("hyperparameters", [_float_bits(v) for v in hyper])
-        table = launch.tables()
+            tables.add("is_scalars", scalars)
+        tables.add("finished", [0] * len(members))
+        tables.add("hyperparameters", [_float_bits(v) for v in hyper])
+        table = tables.to_device()
         source = _adam_source("multi_tensor_adam_kernel", dtype_name, step_name, attrs, has_scalars)
         kernel = call.kernel("multi_tensor_adam_kernel", source)
         order = (["params", "grads"] + names + ["steps", "new_params"] + ["new_" + m for m in names] + ["new_steps"]
                  + ["sizes"] + (["is_scalars"] if has_scalars else []) + ["program_tensor", "first_program", "finished",
                                                                          "hyperparameters"])
-        call.launch(kernel, (launch.programs,), *[table[k] for k in order], BLOCK=launch.block, CHUNK=launch.chunk)
+        call.launch(kernel, (tables.programs,), *[table[k] for k in order], BLOCK=block, CHUNK=chunk)
     return tuple(outputs)

@@ -45,10 +45,14 @@ from .launch import emitter, tl_type
 from .pointwise import store_cast
 
 
-def scan_blocks(batch, hidden, state) -> dict:
-    """Scan tiles: 16 sequences per program, chunks of 16 or 32 hidden units (and state columns),
-    reductions 16 at a time (fp32/fp64 dots run on FMA units, whose operand registers grow with K)."""
-    return dict(BLOCK_B=16, BLOCK_H=block_size(hidden, high=32), BLOCK_P=block_size(state, high=32), BLOCK_K=16)
+def scan_blocks(batch, hidden, state=None) -> dict:
+    """Scan tiles: 16 sequences per program, chunks of 16 or 32 hidden units (and, for the LSTM's
+    projected state, BLOCK_P state columns), reductions 16 at a time (fp32/fp64 dots run on FMA
+    units, whose operand registers grow with K)."""
+    blocks = dict(BLOCK_B=16, BLOCK_H=block_size(hidden, high=32), BLOCK_K=16)
+    if state is not None:
+        blocks["BLOCK_P"] = block_size(state, high=32)
+    return blocks
 
 
 def gemm_blocks(m, n, k) -> dict:
@@ -277,28 +281,29 @@ _SCAN_PROLOGUE = '''
 '''
 
 
-def _copy_state(src, dst, size, block):
-    """Source lines copying a [B, size] state (strided `src`) into slot 0 of its scratch `dst`."""
+def _state_loop(size, block, source, target, value):
+    """Source lines copying a [B, size] state, `block` columns at a time: `state` loaded from the
+    offsets `source`, `value` stored at `target` (the sequences' rows of a contiguous [B, size])."""
     return f'''
     for s0 in range(0, {size}, {block}):
         cols = s0 + tl.arange(0, {block})
         tile_mask = seq_mask[:, None] & (cols < {size})[None, :]
-        state = tl.load({src}_ptr + seqs[:, None] * stride_{src}_b + cols[None, :] * stride_{src}_c,
+        state = tl.load({source},
                         mask=tile_mask, other=0.0)
-        tl.store({dst}_ptr + seqs[:, None] * {size} + cols[None, :], state.to({{CT}}), mask=tile_mask)
+        tl.store({target}_ptr + seqs[:, None] * {size} + cols[None, :], {value}, mask=tile_mask)
 '''
+
+
+def _copy_state(src, dst, size, block):
+    """Source lines copying a [B, size] state (strided `src`) into slot 0 of its scratch `dst`."""
+    return _state_loop(size, block, f"{src}_ptr + seqs[:, None] * stride_{src}_b + cols[None, :] * stride_{src}_c",
+                       dst, "state.to({CT})")
 
 
 def _final_state(src, dst, size, block):
     """Source lines copying the state slot the last step wrote (T % 2) to the output `dst`."""
-    return f'''
-    for s0 in range(0, {size}, {block}):
-        cols = s0 + tl.arange(0, {block})
-        tile_mask = seq_mask[:, None] & (cols < {size})[None, :]
-        state = tl.load({src}_ptr + (T % 2) * B * {size} + seqs[:, None] * {size} + cols[None, :],
-                        mask=tile_mask, other=0.0)
-        tl.store({dst}_ptr + seqs[:, None] * {size} + cols[None, :], _to_output(state), mask=tile_mask)
-'''
+    return _state_loop(size, block, f"{src}_ptr + (T % 2) * B * {size} + seqs[:, None] * {size} + cols[None, :]",
+                       dst, "_to_output(state)")
 
 
 _STEP_HEADER = '''
@@ -315,6 +320,32 @@ _STEP_HEADER = '''
         keep = active[:, None]
         rows = (t * B + seqs).to(tl.int64)  # this step's rows of the [T, B, ...] arrays
 '''
+
+# The head of the loop over chunks of BLOCK_H hidden units inside a step.
+_HIDDEN_CHUNK = '''\
+        for j0 in range(0, H, BLOCK_H):
+            hidden = j0 + tl.arange(0, BLOCK_H)
+            hidden_mask = hidden < H
+            tile_mask = seq_mask[:, None] & hidden_mask[None, :]'''
+
+
+def _recurrent_matmul(size, gates):
+    """Source lines adding h_prev @ W_hh^T (h_prev: the `size` state columns) to the
+    pre-activations of a chunk's hidden units: `gates` names (accumulator, weight tile) per gate,
+    in the order of W_hh's row blocks."""
+    lines = [f"            for k0 in range(0, {size}, BLOCK_K):",
+             "                ks = k0 + tl.arange(0, BLOCK_K)",
+             f"                k_mask = ks < {size}",
+             f"                h_prev = tl.load(h_prev_ptr + seqs[:, None] * {size} + ks[None, :],",
+             "                                 mask=seq_mask[:, None] & k_mask[None, :], other=0.0)",
+             "                w_ptrs = w_hh_ptr + hidden[None, :] * stride_whh_g + ks[:, None] * stride_whh_k",
+             "                w_mask = k_mask[:, None] & hidden_mask[None, :]"]
+    for g, (acc, w) in enumerate(gates):
+        rows = ["", " + H * stride_whh_g"][g] if g < 2 else f" + {g} * H * stride_whh_g"
+        lines += [f"                {w} = tl.load(w_ptrs{rows}, mask=w_mask, other=0.0).to({{CT}})",
+                  f'                {acc} += tl.dot(h_prev, {w}, input_precision="ieee")']
+    return "\n".join(lines)
+
 
 _LSTM_FORWARD = '''
 @triton.jit
@@ -345,10 +376,7 @@ def lstm_layer_kernel(
         h_next_ptr = h_state_ptr + ((step + 1) % 2) * B * P
         c_prev_ptr = c_state_ptr + (step % 2) * B * H
         c_next_ptr = c_state_ptr + ((step + 1) % 2) * B * H
-        for j0 in range(0, H, BLOCK_H):
-            hidden = j0 + tl.arange(0, BLOCK_H)
-            hidden_mask = hidden < H
-            tile_mask = seq_mask[:, None] & hidden_mask[None, :]
+{hidden_chunk}
             # pre-activations of the four gates of these hidden units: the input projection ...
             gate_ptrs = gates_ptr + rows[:, None] * (4 * H) + hidden[None, :]
             pre_i = tl.load(gate_ptrs, mask=tile_mask, other=0.0)
@@ -356,21 +384,7 @@ def lstm_layer_kernel(
             pre_g = tl.load(gate_ptrs + 2 * H, mask=tile_mask, other=0.0)
             pre_o = tl.load(gate_ptrs + 3 * H, mask=tile_mask, other=0.0)
             # ... plus h_prev @ W_hh^T
-            for k0 in range(0, P, BLOCK_K):
-                ks = k0 + tl.arange(0, BLOCK_K)
-                k_mask = ks < P
-                h_prev = tl.load(h_prev_ptr + seqs[:, None] * P + ks[None, :],
-                                 mask=seq_mask[:, None] & k_mask[None, :], other=0.0)
-                w_ptrs = w_hh_ptr + hidden[None, :] * stride_whh_g + ks[:, None] * stride_whh_k
-                w_mask = k_mask[:, None] & hidden_mask[None, :]
-                w_i = tl.load(w_ptrs, mask=w_mask, other=0.0).to({CT})
-                pre_i += tl.dot(h_prev, w_i, input_precision="ieee")
-                w_f = tl.load(w_ptrs + H * stride_whh_g, mask=w_mask, other=0.0).to({CT})
-                pre_f += tl.dot(h_prev, w_f, input_precision="ieee")
-                w_g = tl.load(w_ptrs + 2 * H * stride_whh_g, mask=w_mask, other=0.0).to({CT})
-                pre_g += tl.dot(h_prev, w_g, input_precision="ieee")
-                w_o = tl.load(w_ptrs + 3 * H * stride_whh_g, mask=w_mask, other=0.0).to({CT})
-                pre_o += tl.dot(h_prev, w_o, input_precision="ieee")
+{recurrent}
             gate_i = _sigmoid(pre_i)
             gate_f = _sigmoid(pre_f)
             gate_g = _tanh(pre_g)
@@ -441,28 +455,13 @@ def gru_layer_kernel(
 {step_header}
         h_prev_ptr = h_state_ptr + (step % 2) * B * H
         h_next_ptr = h_state_ptr + ((step + 1) % 2) * B * H
-        for j0 in range(0, H, BLOCK_H):
-            hidden = j0 + tl.arange(0, BLOCK_H)
-            hidden_mask = hidden < H
-            tile_mask = seq_mask[:, None] & hidden_mask[None, :]
+{hidden_chunk}
             gate_ptrs = gates_ptr + rows[:, None] * (3 * H) + hidden[None, :]
             pre_r = tl.load(gate_ptrs, mask=tile_mask, other=0.0)
             pre_z = tl.load(gate_ptrs + H, mask=tile_mask, other=0.0)
             pre_n = tl.load(gate_ptrs + 2 * H, mask=tile_mask, other=0.0)
             hn = tl.zeros((BLOCK_B, BLOCK_H), dtype={CT})
-            for k0 in range(0, H, BLOCK_K):
-                ks = k0 + tl.arange(0, BLOCK_K)
-                k_mask = ks < H
-                h_prev = tl.load(h_prev_ptr + seqs[:, None] * H + ks[None, :],
-                                 mask=seq_mask[:, None] & k_mask[None, :], other=0.0)
-                w_ptrs = w_hh_ptr + hidden[None, :] * stride_whh_g + ks[:, None] * stride_whh_k
-                w_mask = k_mask[:, None] & hidden_mask[None, :]
-                w_r = tl.load(w_ptrs, mask=w_mask, other=0.0).to({CT})
-                pre_r += tl.dot(h_prev, w_r, input_precision="ieee")
-                w_z = tl.load(w_ptrs + H * stride_whh_g, mask=w_mask, other=0.0).to({CT})
-                pre_z += tl.dot(h_prev, w_z, input_precision="ieee")
-                w_n = tl.load(w_ptrs + 2 * H * stride_whh_g, mask=w_mask, other=0.0).to({CT})
-                hn += tl.dot(h_prev, w_n, input_precision="ieee")
+{recurrent}
             if HAS_BIAS:
                 b_hn = tl.load(b_hh_ptr + (2 * H + hidden) * stride_b_hh, mask=hidden_mask, other=0.0).to({CT})
                 hn += b_hn[None, :]
@@ -505,19 +504,9 @@ def rnn_layer_kernel(
 {step_header}
         h_prev_ptr = h_state_ptr + (step % 2) * B * H
         h_next_ptr = h_state_ptr + ((step + 1) % 2) * B * H
-        for j0 in range(0, H, BLOCK_H):
-            hidden = j0 + tl.arange(0, BLOCK_H)
-            hidden_mask = hidden < H
-            tile_mask = seq_mask[:, None] & hidden_mask[None, :]
+{hidden_chunk}
             pre = tl.load(xproj_ptr + rows[:, None] * H + hidden[None, :], mask=tile_mask, other=0.0).to({CT})
-            for k0 in range(0, H, BLOCK_K):
-                ks = k0 + tl.arange(0, BLOCK_K)
-                k_mask = ks < H
-                h_prev = tl.load(h_prev_ptr + seqs[:, None] * H + ks[None, :],
-                                 mask=seq_mask[:, None] & k_mask[None, :], other=0.0)
-                w = tl.load(w_hh_ptr + hidden[None, :] * stride_whh_g + ks[:, None] * stride_whh_k,
-                            mask=k_mask[:, None] & hidden_mask[None, :], other=0.0).to({CT})
-                pre += tl.dot(h_prev, w, input_precision="ieee")
+{recurrent}
             if RELU:
                 h = tl.where(pre < 0, 0.0, pre)  # keeps NaN, as np.maximum
             else:
@@ -530,18 +519,29 @@ def rnn_layer_kernel(
 {final_h}'''
 
 
-def _scan_source(template, compute, out_dtype, states, final_states) -> str:
-    """A scan template with its prologue, state copies and epilogue filled in.
-    states: (input, scratch, size, block) per state; final_states: (scratch, output, size, block)."""
-    pieces = dict(prologue=_SCAN_PROLOGUE, step_header=_STEP_HEADER)
+def _fill(template, pieces) -> str:
+    """`template` with each `{name}` of `pieces` replaced by its source text."""
+    for key, value in pieces.items():
+        template = template.replace("{" + key + "}", value)
+    return template
+
+
+def _scan_source(template, compute, out_dtype, states, final_states, **pieces) -> str:
+    """A scan template with its prologue, step header, state copies, epilogue and `pieces`
+    filled in. states: (input, scratch, size, block) per state; final_states: (scratch, output,
+    size, block)."""
+    pieces = dict(dict(prologue=_SCAN_PROLOGUE, step_header=_STEP_HEADER, hidden_chunk=_HIDDEN_CHUNK), **pieces)
     for name, (src, dst, size, block) in states.items():
         pieces[name] = _copy_state(src, dst, size, block)
     for name, (src, dst, size, block) in final_states.items():
         pieces[name] = _final_state(src, dst, size, block)
-    text = template
-    for key, value in pieces.items():
-        text = text.replace("{" + key + "}", value)
-    return _source(text, compute, out_dtype)
+    return _source(_fill(template, pieces), compute, out_dtype)
+
+
+def _sizes_and_types(call, x, state):
+    """(T, B, H, output type, compute type) of a layer: x [T, B, I], `state` [B, H]."""
+    T, B, _ = x.shape
+    return T, B, state.shape[1], call.out_dtype, dtypes.compute_type(call.out_dtype)
 
 
 def _layer_flags(call):
@@ -552,10 +552,8 @@ def _layer_flags(call):
 def _lstm_forward(call, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, outputs):
     """y, h_n, c_n and the workspace of one LSTM layer direction: the input GEMM and the scan.
     outputs: the op's output index of y, h_n, c_n (None: not an output of the op)."""
-    T, B, _ = x.shape
-    H, P = c0.shape[1], h0.shape[1]
-    out_dtype = call.out_dtype
-    compute = dtypes.compute_type(out_dtype)
+    T, B, H, out_dtype, compute = _sizes_and_types(call, x, c0)
+    P = h0.shape[1]
     workspace = call.empty((T * B * WORKSPACE_WIDTH["lstm"] * H,), compute)
     gates, cells = workspace[:T * B * 4 * H], workspace[T * B * 4 * H:]
     _sequence_matmul(call, "lstm_layer_input_projection_kernel", x, w_ih, True, gates, b_ih, b_hh, 4 * H)
@@ -565,7 +563,9 @@ def _lstm_forward(call, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, revers
     blocks = scan_blocks(B, H, P)
     source = _scan_source(_LSTM_FORWARD, compute, out_dtype,
                           dict(copy_h0=("h0", "h_state", "P", "BLOCK_P"), copy_c0=("c0", "c_state", "H", "BLOCK_H")),
-                          dict(final_h=("h_state", "h_n", "P", "BLOCK_P"), final_c=("c_state", "c_n", "H", "BLOCK_H")))
+                          dict(final_h=("h_state", "h_n", "P", "BLOCK_P"), final_c=("c_state", "c_n", "H", "BLOCK_H")),
+                          recurrent=_recurrent_matmul("P", [("pre_i", "w_i"), ("pre_f", "w_f"), ("pre_g", "w_g"),
+                                                            ("pre_o", "w_o")]))
     kernel = call.kernel("lstm_layer_kernel", source)
     call.launch(kernel, (_cdiv(B, blocks["BLOCK_B"]),),
                 h0, *_strides(h0), c0, *_strides(c0), w_hh, *_strides(w_hh), *_operand(w_hr, h0, 2),
@@ -575,34 +575,28 @@ def _lstm_forward(call, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, revers
 
 
 def _gru_forward(call, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, outputs):
-    T, B, _ = x.shape
-    H = h0.shape[1]
-    out_dtype = call.out_dtype
-    compute = dtypes.compute_type(out_dtype)
+    T, B, H, out_dtype, compute = _sizes_and_types(call, x, h0)
     workspace = call.empty((T * B * WORKSPACE_WIDTH["gru"] * H,), compute)
     gates, hn = workspace[:T * B * 3 * H], workspace[T * B * 3 * H:]
     # b_hr and b_hz join the input side; b_hn stays inside r * (W_hn h + b_hn)
     _sequence_matmul(call, "gru_layer_input_projection_kernel", x, w_ih, True, gates, b_ih, b_hh, 2 * H)
     y, h_n = (_output(call, j, shape, out_dtype) for j, shape in zip(outputs, ((T, B, H), (B, H))))
     h_state = call.empty((2, B, H), compute)
-    blocks = scan_blocks(B, H, H)
+    blocks = scan_blocks(B, H)
     source = _scan_source(_GRU_FORWARD, compute, out_dtype, dict(copy_h0=("h0", "h_state", "H", "BLOCK_H")),
-                          dict(final_h=("h_state", "h_n", "H", "BLOCK_H")))
+                          dict(final_h=("h_state", "h_n", "H", "BLOCK_H")),
+                          recurrent=_recurrent_matmul("H", [("pre_r", "w_r"), ("pre_z", "w_z"), ("hn", "w_n")]))
     kernel = call.kernel("gru_layer_kernel", source)
     call.launch(kernel, (_cdiv(B, blocks["BLOCK_B"]),),
                 h0, *_strides(h0), w_hh, *_strides(w_hh), *_operand(b_hh, h0, 1), *_operand(lengths, h0, 1),
                 y, h_n, gates, hn, h_state, T, B, H=H,
                 REVERSE=reverse, HAS_BIAS=b_hh is not None, HAS_LENGTHS=lengths is not None,
-                BLOCK_B=blocks["BLOCK_B"], BLOCK_H=blocks["BLOCK_H"],
-                BLOCK_K=blocks["BLOCK_K"])
+                **blocks)
     return y, h_n, workspace
 
 
 def _rnn_forward(call, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity, outputs):
-    T, B, _ = x.shape
-    H = h0.shape[1]
-    out_dtype = call.out_dtype
-    compute = dtypes.compute_type(out_dtype)
+    T, B, H, out_dtype, compute = _sizes_and_types(call, x, h0)
     workspace = call.empty((0,), compute)
     y, h_n = (_output(call, j, shape, out_dtype) for j, shape in zip(outputs, ((T, B, H), (B, H))))
     # the input projection goes into y when y has the compute type (the scan reads each element
@@ -610,15 +604,14 @@ def _rnn_forward(call, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinea
     xproj = y if y.dtype == compute else call.empty((T, B, H), compute)
     _sequence_matmul(call, "rnn_layer_input_projection_kernel", x, w_ih, True, xproj, b_ih, b_hh, H)
     h_state = call.empty((2, B, H), compute)
-    blocks = scan_blocks(B, H, H)
+    blocks = scan_blocks(B, H)
     source = _scan_source(_RNN_FORWARD, compute, out_dtype, dict(copy_h0=("h0", "h_state", "H", "BLOCK_H")),
-                          dict(final_h=("h_state", "h_n", "H", "BLOCK_H")))
+                          dict(final_h=("h_state", "h_n", "H", "BLOCK_H")), recurrent=_recurrent_matmul("H", [("pre", "w")]))
     kernel = call.kernel("rnn_layer_kernel", source)
     call.launch(kernel, (_cdiv(B, blocks["BLOCK_B"]),),
                 h0, *_strides(h0), w_hh, *_strides(w_hh), *_operand(lengths, h0, 1), xproj, y, h_n, h_state,
                 T, B, H=H, REVERSE=reverse, RELU=nonlinearity == "relu", HAS_LENGTHS=lengths is not None,
-                BLOCK_B=blocks["BLOCK_B"], BLOCK_H=blocks["BLOCK_H"],
-                BLOCK_K=blocks["BLOCK_K"])
+                **blocks)
     return y, h_n, workspace
 
 
@@ -783,10 +776,7 @@ def lstm_layer_backward_kernel(
 {incoming_p}
                 tl.store(dht_ptr + rows[:, None] * P + cols[None, :], tl.where(keep, dht, 0.0), mask=tile_mask)
             tl.debug_barrier()
-        for j0 in range(0, H, BLOCK_H):
-            hidden = j0 + tl.arange(0, BLOCK_H)
-            hidden_mask = hidden < H
-            tile_mask = seq_mask[:, None] & hidden_mask[None, :]
+{hidden_chunk}
             # dr: the gradient of o * tanh(c)
             if HAS_PROJ:
                 dr = tl.zeros((BLOCK_B, BLOCK_H), dtype={CT})
@@ -866,9 +856,7 @@ def gru_layer_backward_kernel(
         prev_ran = seq_mask & has_prev
         if HAS_LENGTHS:
             prev_ran = prev_ran & (prev < length)
-        for j0 in range(0, H, BLOCK_H):
-            hidden = j0 + tl.arange(0, BLOCK_H)
-            tile_mask = seq_mask[:, None] & (hidden < H)[None, :]
+{hidden_chunk}
 {incoming_h}
             gate_ptrs = gates_ptr + rows[:, None] * (3 * H) + hidden[None, :]
             gate_r = tl.load(gate_ptrs, mask=tile_mask, other=0.0)
@@ -930,9 +918,7 @@ def rnn_layer_backward_kernel(
 {step_header}
         dh_read_ptr = dh_state_ptr + (step % 2) * B * H
         dh_write_ptr = dh_state_ptr + ((step + 1) % 2) * B * H
-        for j0 in range(0, H, BLOCK_H):
-            hidden = j0 + tl.arange(0, BLOCK_H)
-            tile_mask = seq_mask[:, None] & (hidden < H)[None, :]
+{hidden_chunk}
 {incoming_h}
             h = tl.load(y_ptr + t.to(tl.int64) * stride_y_t + seqs[:, None] * stride_y_b + hidden[None, :] * stride_y_c,
                         mask=tile_mask, other=0.0).to({CT})
@@ -946,10 +932,9 @@ def rnn_layer_backward_kernel(
 
 
 def _backward_source(template, compute, out_dtype, states, final_states, **pieces) -> str:
-    text = template.replace("{step_header}", _BACKWARD_STEP_HEADER)
-    for key, value in pieces.items():
-        text = text.replace("{" + key + "}", value)
-    return _scan_source(text, compute, out_dtype, states, final_states)
+    """A backward scan template filled in as `_scan_source` does, with the backward step header."""
+    return _scan_source(template, compute, out_dtype, states, final_states, step_header=_BACKWARD_STEP_HEADER,
+                        **pieces)
 
 
 @emitter("lstm_layer_backward")
@@ -958,10 +943,8 @@ def lstm_layer_backward(call):
     reverse, has_bias, has_proj, has_lengths = _layer_flags(call)
     lengths = lengths if has_lengths else None
     w_hr = w_hr if has_proj else None
-    T, B, _ = x.shape
-    H, P = c0.shape[1], h0.shape[1]
-    out_dtype = call.out_dtype
-    compute = dtypes.compute_type(out_dtype)
+    T, B, H, out_dtype, compute = _sizes_and_types(call, x, c0)
+    P = h0.shape[1]
     gates, cells = workspace[:T * B * 4 * H], workspace[T * B * 4 * H:]
     dgates = call.empty((T, B, 4 * H), compute)
     dht, r = (call.empty((T, B, P), compute), call.empty((T, B, H), compute)) if has_proj else (dgates, dgates)
@@ -995,14 +978,11 @@ def gru_layer_backward(call):
     dy, dh_n, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, workspace = call.inputs
     reverse, has_bias, _, has_lengths = _layer_flags(call)
     lengths = lengths if has_lengths else None
-    T, B, _ = x.shape
-    H = h0.shape[1]
-    out_dtype = call.out_dtype
-    compute = dtypes.compute_type(out_dtype)
+    T, B, H, out_dtype, compute = _sizes_and_types(call, x, h0)
     gates, hn = workspace[:T * B * 3 * H], workspace[T * B * 3 * H:]
     dg_in, dg_hid = call.empty((T, B, 3 * H), compute), call.empty((T, B, 3 * H), compute)
     dh0, dh_state = call.empty((B, H), out_dtype), call.empty((2, B, H), compute)
-    blocks = scan_blocks(B, H, H)
+    blocks = scan_blocks(B, H)
     source = _backward_source(
         _GRU_BACKWARD, compute, out_dtype, dict(copy_dh=("dh_n", "dh_state", "H", "BLOCK_H")),
         dict(final_dh=("dh_state", "dh0", "H", "BLOCK_H")),
@@ -1011,8 +991,7 @@ def gru_layer_backward(call):
     call.launch(kernel, (_cdiv(B, blocks["BLOCK_B"]),),
                 dy, *_strides(dy), dh_n, *_strides(dh_n), h0, *_strides(h0), w_hh, *_strides(w_hh),
                 *_operand(lengths, h0, 1), y, *_strides(y), gates, hn, dg_in, dg_hid, dh0, dh_state, T, B, H=H,
-                REVERSE=reverse, HAS_LENGTHS=lengths is not None, BLOCK_B=blocks["BLOCK_B"], BLOCK_H=blocks["BLOCK_H"],
-                BLOCK_K=blocks["BLOCK_K"])
+                REVERSE=reverse, HAS_LENGTHS=lengths is not None, **blocks)
     dx, dw_ih, dw_hh, *db = _backward_gemms(call, "gru_layer_backward", dg_in, dg_hid, x, w_ih, y, h0, lengths,
                                             reverse, has_bias, out_dtype)
     return (dx, dh0, dw_ih, dw_hh, *db)
@@ -1023,13 +1002,10 @@ def rnn_layer_backward(call):
     dy, dh_n, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, workspace = call.inputs
     reverse, has_bias, _, has_lengths = _layer_flags(call)
     lengths = lengths if has_lengths else None
-    T, B, _ = x.shape
-    H = h0.shape[1]
-    out_dtype = call.out_dtype
-    compute = dtypes.compute_type(out_dtype)
+    T, B, H, out_dtype, compute = _sizes_and_types(call, x, h0)
     dz = call.empty((T, B, H), compute)
     dh0, dh_state = call.empty((B, H), out_dtype), call.empty((2, B, H), compute)
-    blocks = scan_blocks(B, H, H)
+    blocks = scan_blocks(B, H)
     source = _backward_source(
         _RNN_BACKWARD, compute, out_dtype, dict(copy_dh=("dh_n", "dh_state", "H", "BLOCK_H")),
         dict(final_dh=("dh_state", "dh0", "H", "BLOCK_H")),
@@ -1039,8 +1015,7 @@ def rnn_layer_backward(call):
                 dy, *_strides(dy), dh_n, *_strides(dh_n), w_hh, *_strides(w_hh), *_operand(lengths, h0, 1),
                 y, *_strides(y), dz, dh0, dh_state, T, B, H=H,
                 REVERSE=reverse, RELU=call.attrs["nonlinearity"] == "relu", HAS_LENGTHS=lengths is not None,
-                BLOCK_B=blocks["BLOCK_B"], BLOCK_H=blocks["BLOCK_H"],
-                BLOCK_K=blocks["BLOCK_K"])
+                **blocks)
     dx, dw_ih, dw_hh, *db = _backward_gemms(call, "rnn_layer_backward", dz, dz, x, w_ih, y, h0, lengths,
                                             reverse, has_bias, out_dtype)
     return (dx, dh0, dw_ih, dw_hh, *db)
