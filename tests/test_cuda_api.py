@@ -75,3 +75,26 @@ def test_interpret_backend_from_the_environment(monkeypatch):
     monkeypatch.setenv("TRACEFUSE_CUDA", "magic")
     with pytest.raises(RuntimeError, match=re.escape("TRACEFUSE_CUDA='magic' is not understood")):
         tf.cuda.device_count()
+
+
+def test_out_of_memory_names_the_request_and_what_is_allocated(monkeypatch):
+    monkeypatch.setattr(devices, "_backend", InterpretBackend(2, capacity=4096))
+    kept = tf.ones(256, dtype=tf.float64, device="cuda:0")  # 2 KiB
+    with pytest.raises(tf.cuda.OutOfMemoryError, match=re.escape(
+            "CUDA out of memory. Tried to allocate 4.00 KiB. GPU 0 has a total capacity of 4.00 KiB of which "
+            "2.00 KiB is free. Of the allocated memory 2.00 KiB is allocated by tracefuse.")):
+        tf.zeros(512, dtype=tf.float64, device="cuda:0")
+    assert tf.cuda.memory_allocated(0) == 2048 and kept.cpu().sum().item() == 256  # nothing lost
+    assert tf.zeros(512, dtype=tf.float64, device="cuda:1").device == tf.device("cuda:1")  # per device
+
+
+def test_a_failing_kernel_is_named_with_what_it_computes(interpret):
+    from tracefuse.codegen.triton.launch import OpCall
+    from tracefuse.ir import ops
+    from tracefuse.runtime.backend import KernelLaunchError
+
+    call = OpCall(ops.get("clone"), [], {}, None, tf.device("cuda:0"), provenance="IR:\n    %clone_1 = clone(%x)  # model.py:3")
+    broken = call.kernel("broken_kernel", "@triton.jit\ndef broken_kernel(x_ptr):\n    tl.static_assert(False, 'boom')\n")
+    with pytest.raises(KernelLaunchError, match=r"kernel broken_kernel \(broken_kernel_\w+\.py\) failed on cuda:0: "
+                                                 r"(.|\n)*boom(.|\n)*%clone_1 = clone\(%x\)  # model.py:3"):
+        call.launch(broken, (1,), call.empty((1,), tf.float32))

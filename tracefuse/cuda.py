@@ -5,9 +5,9 @@ from __future__ import annotations
 from .codegen.numpy import random as _random
 from .device import as_device
 from .runtime import devices as _devices
-from .runtime.backend import Event, Stream
+from .runtime.backend import Event, OutOfMemoryError, Stream
 
-__all__ = ["Event", "Stream", "current_device", "device_count", "empty_cache", "is_available", "manual_seed",
+__all__ = ["Event", "OutOfMemoryError", "Stream", "current_device", "device_count", "empty_cache", "is_available", "manual_seed",
            "manual_seed_all", "max_memory_allocated", "memory_allocated", "reset_peak_memory_stats", "set_device",
            "synchronize"]
 

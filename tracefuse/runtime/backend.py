@@ -15,6 +15,31 @@ import abc
 import time
 
 
+class OutOfMemoryError(RuntimeError):
+    """A device allocation did not fit (torch.cuda.OutOfMemoryError)."""
+
+
+class KernelLaunchError(RuntimeError):
+    """A kernel failed on the device; the message names the kernel and what it computes."""
+
+
+def format_bytes(n) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.2f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+
+
+def out_of_memory(device, requested, capacity, allocated) -> OutOfMemoryError:
+    """PyTorch's message, with the size asked for and what is allocated."""
+    free = "an unknown amount" if capacity is None else format_bytes(max(capacity - allocated, 0))
+    total = "unknown" if capacity is None else format_bytes(capacity)
+    return OutOfMemoryError(
+        f"CUDA out of memory. Tried to allocate {format_bytes(requested)}. GPU {device.index} has a total capacity "
+        f"of {total} of which {free} is free. Of the allocated memory {format_bytes(allocated)} is allocated by "
+        "tracefuse.")
+
+
 class Backend(abc.ABC):
     """One runtime for `cuda:0..device_count-1`."""
 

@@ -17,7 +17,7 @@ import weakref
 
 import numpy as np
 
-from .backend import Backend
+from .backend import Backend, out_of_memory
 
 
 class _HostStorage:
@@ -104,10 +104,11 @@ _LAUNCH_LOCK = threading.Lock()
 class InterpretBackend(Backend):
     name = "interpret"
 
-    def __init__(self, devices=2):
+    def __init__(self, devices=2, capacity=None):
+        """`capacity`: bytes each logical device holds (None: as much as the host gives)."""
         enable_triton_interpreter()
         _squeeze_loop_bounds()
-        self._count = devices
+        self._count, self.capacity = devices, capacity
         self._allocated = [0] * devices
         self._peak = [0] * devices
 
@@ -115,7 +116,14 @@ class InterpretBackend(Backend):
         return self._count
 
     def empty(self, shape, np_dtype, device):
-        array = np.empty(shape, np_dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(np_dtype).itemsize
+        allocated = self._allocated[device.index]
+        if self.capacity is not None and allocated + nbytes > self.capacity:
+            raise out_of_memory(device, nbytes, self.capacity, allocated)
+        try:
+            array = np.empty(shape, np_dtype)
+        except MemoryError:
+            raise out_of_memory(device, nbytes, self.capacity, allocated) from None
         self._allocated[device.index] += array.nbytes
         self._peak[device.index] = max(self._peak[device.index], self._allocated[device.index])
         weakref.finalize(array, self._release, device.index, array.nbytes)

@@ -17,6 +17,7 @@ import numpy as np
 
 from ... import dtypes
 from ...runtime import devices
+from ...runtime.backend import KernelLaunchError
 from . import kernel as _kernel
 
 EMITTERS: dict = {}
@@ -135,7 +136,11 @@ class OpCall:
             record = LaunchRecord(kernel, grid, _signature(kernel, args), dict(constexprs))
             for records in _state.recorders:
                 records.append(record)
-        self.backend.launch(kernel, grid, converted, constexprs, self.device)
+        try:
+            self.backend.launch(kernel, grid, converted, constexprs, self.device)
+        except Exception as exc:
+            raise KernelLaunchError(f"kernel {kernel.name} ({kernel.path.name}) failed on {self.device}: "
+                                    f"{type(exc).__name__}: {exc}\n{self.provenance or 'eager op'}") from exc
 
 
 def _signature(kernel, args) -> dict:
