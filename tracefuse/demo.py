@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
           f"{'eager' if args.eager else 'compiled'} training step")
 
     batches = _batches(codes, config["seq_len"], config["batch"], rng)
-    held_out = next(_batches(codes, config["seq_len"], 64, np.random.default_rng(args.seed + 1)))
+    held_out = [t.to(device) for t in next(_batches(codes, config["seq_len"], 64, np.random.default_rng(args.seed + 1)))]
     with tracefuse.no_grad():
         loss_before = _loss(model, *held_out).item()
 
