@@ -200,3 +200,22 @@ def test_cross_entropy_head_on_device():
     compiled = tf.compile(lambda x, t: F.cross_entropy(x, t, label_smoothing=0.1))
     np.testing.assert_allclose(compiled(logits.cuda(), target.cuda()).item(),
                                F.cross_entropy(logits, target, label_smoothing=0.1).item(), rtol=1e-13)
+
+
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.Tanh, nn.Sigmoid])
+def test_linear_layers_run_as_one_matmul_kernel_each(activation):
+    tf.manual_seed(3)
+    model = nn.Sequential(nn.Linear(5, 7), activation(), nn.Linear(7, 3)).double()
+    twin = copy.deepcopy(model)
+    model.cuda()
+    x = tf.randn(4, 5, dtype=tf.float64)
+    compiled = tf.compile(model)
+    out, expected = compiled(x.cuda()), twin(x)
+    np.testing.assert_allclose(_cpu(out), expected.detach().numpy(), rtol=1e-13)
+    out.sum().backward()
+    expected.sum().backward()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        np.testing.assert_allclose(_cpu(p.grad), q.grad.numpy(), rtol=1e-13, err_msg=name)
+    report = tf.explain(compiled, x.cuda())
+    assert report.kernel_count == 2 and all(k.startswith("matmul_epilogue_kernel") for k in report.kernels)
+    assert f"= {activation.__name__.lower()}(%add_1)" in report.kernels["matmul_epilogue_kernel"]

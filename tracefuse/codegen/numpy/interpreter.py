@@ -29,7 +29,8 @@ def run(graph, inputs: dict, record_autograd=False, run_group=None, run_node=Non
     after the node the memory plan (`meta["free_after"]`) names as their last reader. With
     `record_autograd` the ops are recorded for autograd like eager ones (the tracer uses this to
     differentiate an optimized graph). `run_group(graph, members, value)` runs a fusion group and
-    returns {member: Tensor}; `run_node(graph, node, args)` replaces the dispatch of each node."""
+    returns {member: Tensor}; `run_node(graph, node, args, value)` replaces the dispatch of each
+    node (`value(ref)` reads any value computed so far)."""
     env = {}
 
     def value(x):
@@ -49,7 +50,7 @@ def run(graph, inputs: dict, record_autograd=False, run_group=None, run_node=Non
                     env[node.name] = inputs[node.name] if node.name in inputs else node.meta["value"]
                 else:
                     args = [value(x) for x in node.inputs]
-                    env[node.name] = (run_node(graph, node, args) if run_node
+                    env[node.name] = (run_node(graph, node, args, value) if run_node
                                       else dispatch(node.op, *args, **node.attrs))
             except Exception as exc:
                 where = " ".join(s for s in (node.meta.get("scope"), node.meta.get("source")) if s)

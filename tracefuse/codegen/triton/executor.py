@@ -2,8 +2,9 @@
 errors), with each elementwise fusion group as one generated kernel and every other node through
 its op's emitter. Each kernel's header names the IR nodes, module scopes and source lines it runs.
 
-Results are written where the graph wants them when that is safe, so no copy kernel runs for
-them: the new value of an input updated in place goes straight into the input's memory (a clipped
+A matmul whose only reader adds a bias runs as one kernel with the add as its epilogue (a
+Linear layer: one launch). Results are written where the graph wants them when that is safe, so
+no copy kernel runs for them: the new value of an input updated in place goes straight into the input's memory (a clipped
 gradient, an optimizer's parameter), and the pieces of a concatenation along its leading
 dimension into their slices of the result (an LSTM's stacked h_n and c_n), so the `cat` itself
 launches nothing.
@@ -22,10 +23,12 @@ from ...runtime import devices
 from ...tensor import Tensor
 from .fused import group_outputs, run_group
 from .launch import OpCall, placement, provenance
+from .matmul import matmul_epilogue
 
 _VIEW_OPS = ("permute", "expand", "reshape", "getitem")
 # Multi-tensor ops that read each tensor's element i before writing output element i of it.
 _POINTWISE_MULTI_TENSOR = ("multi_tensor_scale", "multi_tensor_sgd", "multi_tensor_adam")
+_EPILOGUE_ACTIVATIONS = ("relu", "tanh", "sigmoid")
 
 
 def run(graph, inputs: dict, updates: dict | None = None):
@@ -55,6 +58,7 @@ class _Plan:
     def __init__(self, graph, updates):
         self.destination: dict = {}
         self.pieces: dict = {}  # cat node -> number of pieces written in place
+        self.epilogues: dict = {}  # matmul node -> (the nodes it absorbs: add[, activation], bias Ref, activation)
         self.graph = graph  # only while planning
         self._plan(updates)
         del self.graph
@@ -79,6 +83,8 @@ class _Plan:
         for node in g.nodes:
             if node.op == "cat":
                 self._plan_cat(node)
+            elif node.op == "matmul":
+                self._plan_epilogue(node)
 
     def _readers(self, name, index):
         return [u for u in self.graph.users(name) if any(r == Ref(name, index) for r in u.refs)]
@@ -125,6 +131,36 @@ class _Plan:
             self.destination[source] = ("cat", cat.name, start)
         self.pieces[cat.name] = len(sources)
 
+    def _plan_epilogue(self, matmul):
+        """matmul -> add(product, bias) [-> relu/tanh/sigmoid, the add's only reader, the two
+        alone in a fusion group], with nothing else reading the product, a bias of the product's
+        dtype that broadcasts to it and is ready before the matmul runs."""
+        g = self.graph
+        readers = self._readers(matmul.name, 0)
+        if len(readers) != 1 or self.output_uses.get((matmul.name, 0)):
+            return
+        (add,) = readers
+        if add.op != "add" or add.refs.count(Ref(matmul.name)) != 1 or len(add.refs) != 2:
+            return
+        activation, absorbed = None, [add.name]
+        if "group" in add.meta:
+            members = self.members[add.meta["group"]]
+            act = members[-1]
+            if len(members) != 2 or members[0] is not add or act.op not in _EPILOGUE_ACTIVATIONS or \
+                    self._readers(add.name, 0) != [act] or self.output_uses.get((add.name, 0)):
+                return
+            activation, absorbed = act.op, [add.name, act.name]
+        bias = next(r for r in add.refs if r != Ref(matmul.name))
+        shape, dtype = matmul.meta["outputs"][0]
+        bias_shape, bias_dtype = g.node(bias.node).meta["outputs"][bias.index]
+        if bias_dtype != dtype or add.meta["outputs"][0] != (tuple(shape), dtype) or not bias_shape:
+            return
+        if self.step_of[bias.node] >= self.step_of[matmul.name] or len(bias_shape) > len(shape):
+            return
+        if any(b not in (1, n) for b, n in zip(reversed(bias_shape), reversed(shape))):
+            return
+        self.epilogues[matmul.name] = (absorbed, bias, activation)
+
     def _view_source(self, x):
         """The kernel output (node, index) that `x` views through reshapes only, if nothing else
         reads it or the reshapes; else None."""
@@ -147,6 +183,7 @@ class _Run:
     def __init__(self, graph, plan, inputs):
         self.graph, self.plan, self.inputs = graph, plan, inputs
         self.buffers, self.landed = {}, {}
+        self.absorbed = {}  # add (or add + activation group) -> its value, computed with the matmul
 
     def _target(self, key, shape, device):
         kind, where, *rest = self.plan.destination[key]
@@ -174,10 +211,14 @@ class _Run:
             if kind == "cat":
                 self.landed[where] = self.landed.get(where, 0) + 1
 
-    def node(self, graph, node, args):
+    def node(self, graph, node, args, value):
         device = _device(args)
+        if node.name in self.absorbed:
+            return self.absorbed.pop(node.name)
         if node.name in self.plan.pieces and self.landed.get(node.name) == self.plan.pieces[node.name]:
             return Tensor._wrap(self.buffers[node.name], node.meta["outputs"][0][1], device)
+        if node.name in self.plan.epilogues and device is not None:
+            return self._matmul_with_bias(graph, node, args, value, device)
         slots = {j: (node.name, j) for j in range(len(node.meta["outputs"]))}
         wanted = self._destinations(slots, device) if device is not None else {}
         with provenance(_fragment(graph, [node.name])), placement(wanted) as placed:
@@ -185,7 +226,25 @@ class _Run:
         self._landed([slots[j] for j in placed])
         return result
 
+    def _matmul_with_bias(self, graph, node, args, value, device):
+        absorbed, bias, activation = self.plan.epilogues[node.name]
+        bias = value(bias)
+        if bias.device != device:
+            return dispatch(node.op, *args, **node.attrs)  # a CPU scalar bias: no epilogue
+        last = absorbed[-1]
+        dtype = graph.node(last).meta["outputs"][0][1]
+        call = OpCall(ops.get("matmul"), [], {}, dtype, device, _fragment(graph, [node.name] + absorbed),
+                      self._destinations({0: (last, 0)}, device))
+        result = Tensor._wrap(matmul_epilogue(call, args[0]._data, args[1]._data, bias=bias._data,
+                                              activation=activation), dtype, device)
+        self._landed([(last, 0)] if 0 in call.placed else [])
+        # The add runs as a node, or with its activation as a fusion group (keyed by its first member).
+        self.absorbed[absorbed[0]] = {last: result} if activation else result
+        return None  # nothing reads the product itself
+
     def group(self, graph, members, value):
+        if members[0] in self.absorbed:
+            return self.absorbed.pop(members[0])
         tensors = [value(ref) for m in members for ref in graph.node(m).refs if ref.node not in members]
         device = _device(tensors)
 
