@@ -219,3 +219,15 @@ def test_linear_layers_run_as_one_matmul_kernel_each(activation):
     report = tf.explain(compiled, x.cuda())
     assert report.kernel_count == 2 and all(k.startswith("matmul_epilogue_kernel") for k in report.kernels)
     assert f"= {activation.__name__.lower()}(%add_1)" in report.kernels["matmul_epilogue_kernel"]
+
+
+def test_linear_on_a_sequence_fuses_through_the_reshape():
+    tf.manual_seed(4)
+    head = nn.Linear(6, 4).double()
+    twin = copy.deepcopy(head)
+    head.cuda()
+    x = tf.randn(5, 3, 6, dtype=tf.float64)
+    compiled = tf.compile(lambda t: head(t).tanh())
+    np.testing.assert_allclose(_cpu(compiled(x.cuda())), twin(x).tanh().detach().numpy(), rtol=1e-13)
+    report = tf.explain(compiled, x.cuda())
+    assert report.kernel_count == 1 and list(report.kernels) == ["matmul_epilogue_kernel"]

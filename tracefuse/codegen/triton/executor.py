@@ -58,7 +58,7 @@ class _Plan:
     def __init__(self, graph, updates):
         self.destination: dict = {}
         self.pieces: dict = {}  # cat node -> number of pieces written in place
-        self.epilogues: dict = {}  # matmul node -> (the nodes it absorbs: add[, activation], bias Ref, activation)
+        self.epilogues: dict = {}  # matmul -> (nodes it absorbs: reshapes, add[, activation]; bias Ref; activation)
         self.graph = graph  # only while planning
         self._plan(updates)
         del self.graph
@@ -132,33 +132,43 @@ class _Plan:
         self.pieces[cat.name] = len(sources)
 
     def _plan_epilogue(self, matmul):
-        """matmul -> add(product, bias) [-> relu/tanh/sigmoid, the add's only reader, the two
-        alone in a fusion group], with nothing else reading the product, a bias of the product's
-        dtype that broadcasts to it and is ready before the matmul runs."""
+        """matmul [-> reshapes keeping the last dim] -> add(product, bias) [-> relu/tanh/sigmoid,
+        the add's only reader, the two alone in a fusion group], with nothing else reading the
+        product, a bias of the product's dtype that broadcasts to it (only along the last dim
+        after a reshape) and is ready before the matmul runs."""
         g = self.graph
-        readers = self._readers(matmul.name, 0)
-        if len(readers) != 1 or self.output_uses.get((matmul.name, 0)):
+        product, reshapes = Ref(matmul.name), []
+        while True:
+            readers = self._readers(product.node, product.index)
+            if len(readers) != 1 or self.output_uses.get((product.node, product.index)):
+                return
+            (add,) = readers
+            if add.op != "reshape":
+                break
+            reshapes.append(add.name)
+            product = Ref(add.name)
+        if add.op != "add" or add.refs.count(product) != 1 or len(add.refs) != 2:
             return
-        (add,) = readers
-        if add.op != "add" or add.refs.count(Ref(matmul.name)) != 1 or len(add.refs) != 2:
-            return
-        activation, absorbed = None, [add.name]
+        activation, absorbed = None, reshapes + [add.name]
         if "group" in add.meta:
             members = self.members[add.meta["group"]]
             act = members[-1]
             if len(members) != 2 or members[0] is not add or act.op not in _EPILOGUE_ACTIVATIONS or \
                     self._readers(add.name, 0) != [act] or self.output_uses.get((add.name, 0)):
                 return
-            activation, absorbed = act.op, [add.name, act.name]
-        bias = next(r for r in add.refs if r != Ref(matmul.name))
+            activation, absorbed = act.op, absorbed + [act.name]
+        bias = next(r for r in add.refs if r != product)
         shape, dtype = matmul.meta["outputs"][0]
+        out_shape = add.meta["outputs"][0][0]
         bias_shape, bias_dtype = g.node(bias.node).meta["outputs"][bias.index]
-        if bias_dtype != dtype or add.meta["outputs"][0] != (tuple(shape), dtype) or not bias_shape:
+        if bias_dtype != dtype or add.meta["outputs"][0][1] != dtype or not bias_shape or not shape:
             return
-        if self.step_of[bias.node] >= self.step_of[matmul.name] or len(bias_shape) > len(shape):
+        if self.step_of[bias.node] >= self.step_of[matmul.name] or len(bias_shape) > len(out_shape):
             return
-        if any(b not in (1, n) for b, n in zip(reversed(bias_shape), reversed(shape))):
+        if any(b not in (1, n) for b, n in zip(reversed(bias_shape), reversed(out_shape))):
             return
+        if reshapes and (out_shape[-1] != shape[-1] or any(b != 1 for b in bias_shape[:-1])):
+            return  # the bias must still line up with the product's columns
         self.epilogues[matmul.name] = (absorbed, bias, activation)
 
     def _view_source(self, x):
@@ -232,14 +242,18 @@ class _Run:
         if bias.device != device:
             return dispatch(node.op, *args, **node.attrs)  # a CPU scalar bias: no epilogue
         last = absorbed[-1]
-        dtype = graph.node(last).meta["outputs"][0][1]
+        out_shape, dtype = graph.node(last).meta["outputs"][0]
+        reshapes = [n for n in absorbed if graph.node(n).op == "reshape"]
         call = OpCall(ops.get("matmul"), [], {}, dtype, device, _fragment(graph, [node.name] + absorbed),
                       self._destinations({0: (last, 0)}, device))
-        result = Tensor._wrap(matmul_epilogue(call, args[0]._data, args[1]._data, bias=bias._data,
-                                              activation=activation), dtype, device)
+        columns = bias._data.reshape(bias.shape[-1]) if reshapes else bias._data  # (the plan checked it is 1 x N)
+        product = matmul_epilogue(call, args[0]._data, args[1]._data, bias=columns, activation=activation)
+        result = Tensor._wrap(product.reshape(out_shape), dtype, device)
         self._landed([(last, 0)] if 0 in call.placed else [])
-        # The add runs as a node, or with its activation as a fusion group (keyed by its first member).
-        self.absorbed[absorbed[0]] = {last: result} if activation else result
+        for name in reshapes:
+            self.absorbed[name] = None  # nothing reads them but the add
+        add = absorbed[len(reshapes)]  # runs as a node, or with its activation as a group keyed by it
+        self.absorbed[add] = {last: result} if activation else result
         return None  # nothing reads the product itself
 
     def group(self, graph, members, value):
