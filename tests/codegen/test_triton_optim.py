@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import tracefuse as tf
-import tracefuse.codegen.triton.optim  # noqa: F401  (registers the emitters)
 from conftest import assert_device_matches
 from tracefuse.codegen.triton import recording
 from tracefuse.codegen.triton.launch import placement
@@ -267,3 +266,24 @@ def test_kernels_build_for_sm80_and_sm90_without_spills(rng, tmp_path, monkeypat
     assert len(rows) == 4
     for row in rows:
         assert row.error is None and row.spills == 0, (row, row.error)
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: tf.optim.Adam(ps, lr=0.01, weight_decay=0.01, amsgrad=True),
+    lambda ps: tf.optim.AdamW(ps, lr=0.02, betas=(0.8, 0.99)),
+    lambda ps: tf.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True),
+], ids=["Adam-amsgrad", "AdamW", "SGD-nesterov"])
+def test_twenty_float64_steps_stay_with_the_cpu(rng, make):
+    """Long enough for beta ** step to hit the steps where NumPy's pow is one ulp off the
+    kernel's correctly rounded one (step 7 for beta2 = 0.999): the runs agree to ~1e-15."""
+    cpu = [tf.tensor(rng.standard_normal(s)).requires_grad_() for s in [(64,), (), (3, 5)]]
+    device = [p.detach().cuda().requires_grad_() for p in cpu]
+    opt_cpu, opt_device = make(cpu), make(device)
+    for _ in range(20):
+        for a, b in zip(cpu, device):
+            g = tf.tensor(rng.standard_normal(a.shape))
+            a.grad, b.grad = g, g.cuda()
+        opt_cpu.step()
+        opt_device.step()
+    for a, b in zip(cpu, device):
+        np.testing.assert_allclose(b.detach().cpu().numpy(), a.detach().numpy(), rtol=1e-14, atol=1e-15)

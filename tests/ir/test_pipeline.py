@@ -37,8 +37,8 @@ def _lstm_loop_model():
 
 def test_pipeline_lists_the_passes_in_order():
     assert [p.__name__ for p in pipeline.PASSES] == [
-        "dead_code", "cse", "copy_elision", "constant_fold", "gate_fusion", "rnn_loop_rolling", "clip_norm_fusion", "dead_code",
-        "elementwise_fusion", "memory_plan"]
+        "dead_code", "cse", "constant_fold", "gate_fusion", "rnn_loop_rolling", "clip_norm_fusion", "dead_code",
+        "copy_elision", "elementwise_fusion", "memory_plan"]
 
 
 def test_optimize_rolls_fuses_plans_and_keeps_results():

@@ -13,6 +13,7 @@ from tracefuse.autograd import no_grad
 from tracefuse.dispatch import dispatch
 from tracefuse.ir import ops, shapes
 from tracefuse.ir.graph import Graph
+from tracefuse.ir.passes.copy_elision import FRESH_KINDS
 from tracefuse.ir.infer import DataDependentShapeError, infer
 from tracefuse.ir.ops import TensorSlot
 from tracefuse.ir.rewrite import infer_outputs
@@ -609,3 +610,24 @@ def test_infer_outputs_uses_the_rules_without_running_ops(monkeypatch):
     attrs = {"reverse": False, "has_bias": False, "has_proj": False, "has_lengths": False}
     outputs = infer_outputs(graph, "lstm_layer", (x, h, c, w_ih, w_hh, None, None, None, None), attrs)
     assert outputs == [((4, 3, 5), F32), ((3, 5), F32), ((3, 5), F32), ((4 * 3 * 25,), F32)]
+
+
+# Copy elision (ir/passes/copy_elision.py) relies on these kinds always returning new memory.
+FRESH = sorted(name for name, op in ops.OPS.items() if op.kind in FRESH_KINDS)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda:0"])
+@pytest.mark.parametrize("name", FRESH)
+def test_matmul_reduce_and_composite_results_never_share_an_input_s_memory(name, device, request):
+    if device != "cpu":
+        request.getfixturevalue("interpret")
+    rng = np.random.default_rng(sum(map(ord, name)))
+    for _ in range(3):
+        inputs, attrs = SAMPLES[name](rng)
+        inputs = [x.to(device) if isinstance(x, tracefuse.Tensor) else x for x in inputs]
+        with no_grad():
+            out = dispatch(name, *inputs, **attrs)
+        for o in out if isinstance(out, tuple) else (out,):
+            for x in inputs:
+                if isinstance(x, tracefuse.Tensor):
+                    assert not np.shares_memory(o._data, x._data), f"{name} returned (a view of) an input"

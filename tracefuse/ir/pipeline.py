@@ -1,9 +1,9 @@
 """The optimization pipeline: the ordered list of passes a traced graph goes through.
 
-Read top to bottom: clean up (dead code, duplicates, needless copies, constants), recognise the high-level
+Read top to bottom: clean up (dead code, duplicates, constants), recognise the high-level
 patterns (hand-written gate math -> cells, cell loops -> layer scans, clipping -> two
-multi-tensor nodes), clean up what they left, then decide kernels (elementwise groups) and
-memory (where values die).
+multi-tensor nodes), clean up what they left and drop needless copies, then decide kernels
+(elementwise groups) and memory (where values die).
 """
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from .rewrite import PassLog
 PASSES = [
     dead_code,
     cse,
-    copy_elision,
     constant_fold,
     gate_fusion,
     rnn_loop_rolling,
     clip_norm_fusion,
     dead_code,
+    copy_elision,
     elementwise_fusion,
     memory_plan,
 ]

@@ -109,6 +109,7 @@ class InterpretBackend(Backend):
         enable_triton_interpreter()
         _squeeze_loop_bounds()
         self._count, self.capacity = devices, capacity
+        self._accounting = threading.RLock()  # (an RLock: a finalizer may run inside `empty`)
         self._allocated = [0] * devices
         self._peak = [0] * devices
 
@@ -117,20 +118,22 @@ class InterpretBackend(Backend):
 
     def empty(self, shape, np_dtype, device):
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(np_dtype).itemsize
-        allocated = self._allocated[device.index]
-        if self.capacity is not None and allocated + nbytes > self.capacity:
-            raise out_of_memory(device, nbytes, self.capacity, allocated)
-        try:
-            array = np.empty(shape, np_dtype)
-        except MemoryError:
-            raise out_of_memory(device, nbytes, self.capacity, allocated) from None
-        self._allocated[device.index] += array.nbytes
-        self._peak[device.index] = max(self._peak[device.index], self._allocated[device.index])
+        with self._accounting:  # DataParallel's replicas allocate from their own threads
+            allocated = self._allocated[device.index]
+            if self.capacity is not None and allocated + nbytes > self.capacity:
+                raise out_of_memory(device, nbytes, self.capacity, allocated)
+            try:
+                array = np.empty(shape, np_dtype)
+            except MemoryError:
+                raise out_of_memory(device, nbytes, self.capacity, allocated) from None
+            self._allocated[device.index] += array.nbytes
+            self._peak[device.index] = max(self._peak[device.index], self._allocated[device.index])
         weakref.finalize(array, self._release, device.index, array.nbytes)
         return array
 
     def _release(self, index, nbytes):
-        self._allocated[index] -= nbytes
+        with self._accounting:
+            self._allocated[index] -= nbytes
 
     def from_host(self, array, device):
         out = self.empty(array.shape, array.dtype, device)

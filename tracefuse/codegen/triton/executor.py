@@ -127,6 +127,8 @@ class _Plan:
                 return
             sources.append((source, offset))
             offset += g.node(x.node).meta["outputs"][x.index][0][dim]
+        if len({source for source, _ in sources}) != len(sources):
+            return  # one value twice (cat([y, y])): it can land in one slice only
         for (source, start) in sources:
             self.destination[source] = ("cat", cat.name, start)
         self.pieces[cat.name] = len(sources)

@@ -133,6 +133,9 @@ def _indent(lines, levels=1) -> list[str]:
 def softmax(call):
     (x,) = call.inputs
     log = call.op.name == "log_softmax"
+    scalar = x.ndim == 0  # a 0-dim input is a row of one
+    if scalar:
+        x = x.reshape(1)
     out = call.empty(x.shape, call.out_dtype)
     if out.size == 0:
         return out
@@ -144,7 +147,7 @@ def softmax(call):
     source = _softmax_source(call.op.name, log, _compute(out.dtype), out.dtype, n_cols <= block, _wide(x))
     kernel = call.kernel(f"{call.op.name}_kernel", source)
     call.launch(kernel, (x.size // n_cols,), x, out, n_cols, inner, BLOCK=block)
-    return out
+    return out.reshape(()) if scalar else out
 
 
 def _softmax_source(name, log, compute, out_dtype, one_block, wide) -> str:

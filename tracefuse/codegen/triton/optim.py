@@ -21,7 +21,9 @@ divisions and square roots are IEEE-rounded (`tl.div_rn`, `tl.sqrt_rn`).
 
 Adam's step counters are 0-dim device tensors. Every program of a tensor reads the counter and
 computes its increment and the float64 bias corrections (beta ** step by repeated squaring in
-double-double arithmetic, the step being a whole number); the program that finishes last (an
+double-double arithmetic, the step being a whole number: correctly rounded, where NumPy's pow on
+the CPU is off by one ulp for a few percent of steps, so float64 runs agree to ~1e-16 relative,
+not bit for bit, after such a step); the program that finishes last (an
 atomic ticket per tensor, after a barrier: the other programs have read the counter by then)
 writes the new counter, so the counter too can be updated in place. A 0-dim parameter's update
 is float64 arithmetic rounded once, as the float64 0-dim bias corrections promote it on the CPU.

@@ -12,14 +12,14 @@ from .. import ops
 from ..graph import PLACEHOLDER, Graph, Ref
 from ..rewrite import PassLog, replace_node
 
-# Ops whose outputs are always new memory on every backend. (An elementwise clamp with no
-# bounds, or a multi-tensor update, may hand an input back.)
-_FRESH_KINDS = ("matmul", "reduce", "composite")
+# Ops whose outputs are always new memory on every backend (tests/ir/test_shapes.py checks it).
+# (An elementwise clamp with no bounds, or a multi-tensor update, may hand an input back.)
+FRESH_KINDS = ("matmul", "reduce", "composite")
 
 
 def _fresh(graph, ref) -> bool:
     node = graph.node(ref.node)
-    return node.op != PLACEHOLDER and ops.get(node.op).kind in _FRESH_KINDS
+    return node.op != PLACEHOLDER and ops.get(node.op).kind in FRESH_KINDS
 
 
 def copy_elision(graph: Graph, log: PassLog | None = None) -> Graph:
