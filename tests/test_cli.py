@@ -10,8 +10,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run_python(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+def _run_python(*args: str, **environ) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, *args],
@@ -29,6 +29,13 @@ def test_doctor_runs_and_reports_the_stack():
     out = proc.stdout.lower()
     for word in ("tracefuse", "numpy", "triton", "cuda", "torch"):
         assert word in out, f"{word!r} missing from doctor output:\n{proc.stdout}"
+
+
+@pytest.mark.parametrize("spec, says", [("interpret:3", "3 logical devices"), ("", "none (TRACEFUSE_CUDA=")])
+def test_doctor_says_what_cuda_tensors_run_on(spec, says):
+    proc = _run_python("-m", "tracefuse", "doctor", TRACEFUSE_CUDA=spec, COLUMNS="200")
+    assert proc.returncode == 0, proc.stderr
+    assert says in proc.stdout, proc.stdout
 
 
 def test_importing_the_cli_does_not_import_torch():

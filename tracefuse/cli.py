@@ -10,6 +10,7 @@ import argparse
 import importlib
 import importlib.metadata
 import importlib.util
+import os
 import platform
 import sys
 
@@ -80,6 +81,19 @@ def _probe_torch() -> str:
     return f"{_dist_version('torch') or 'version unknown'} installed (test oracle; never imported)"
 
 
+def _probe_backend() -> str:
+    """What `cuda:N` tensors run on in this environment (TRACEFUSE_CUDA)."""
+    spec = os.environ.get("TRACEFUSE_CUDA")
+    if not spec:
+        return "none (TRACEFUSE_CUDA=interpret[:N] runs them on Triton's interpreter; no cuda-python backend yet)"
+    try:
+        from .runtime import devices
+
+        return f"{devices.device_count()} logical devices, kernels run by Triton's interpreter ({spec})"
+    except Exception as exc:  # noqa: BLE001 -- any failure is what doctor reports
+        return _one_line(exc)
+
+
 def doctor_report() -> list[tuple[str, str]]:
     """The rows ``tracefuse doctor`` prints, as (component, status) pairs."""
     return [
@@ -88,6 +102,7 @@ def doctor_report() -> list[tuple[str, str]]:
         ("numpy", _probe_import("numpy", "numpy")),
         ("networkx", _probe_import("networkx", "networkx")),
         ("ml_dtypes", _probe_import("ml_dtypes", "ml_dtypes")),
+        ("cuda devices", _probe_backend()),  # before triton: the interpret backend must import it
         ("triton", _probe_import("triton", "triton")),
         ("cuda-python", _probe_cuda_python()),
         ("cuda driver", _probe_cuda_driver()),
