@@ -231,3 +231,19 @@ def test_linear_on_a_sequence_fuses_through_the_reshape():
     np.testing.assert_allclose(_cpu(compiled(x.cuda())), twin(x).tanh().detach().numpy(), rtol=1e-13)
     report = tf.explain(compiled, x.cuda())
     assert report.kernel_count == 1 and list(report.kernels) == ["matmul_epilogue_kernel"]
+
+
+def test_an_input_read_through_a_view_is_updated_in_place_after_its_last_reader():
+    def step(w, g):
+        y = w.t().matmul(g)  # reads w through a transpose view, before the update
+        w.sub_(g * 0.5)
+        return y
+
+    compiled = tf.compile(step)
+    w, g = tf.randn(3, 3, dtype=tf.float64), tf.randn(3, 3, dtype=tf.float64)
+    wd, gd = w.cuda(), g.cuda()
+    for _ in range(2):
+        out, expected = compiled(wd, gd), step(w, g)
+        np.testing.assert_allclose(_cpu(out), expected.numpy(), rtol=1e-13)
+        np.testing.assert_allclose(_cpu(wd), w.numpy(), rtol=1e-13)
+    assert tf.explain(compiled, wd, gd).kernel_count == 2  # the matmul and the update: no copy back

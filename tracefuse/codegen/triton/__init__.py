@@ -3,6 +3,10 @@ the pointwise kernel builder, fused groups, and the launch records that explain(
 
 Importing this package registers every emitter.
 """
+from ...runtime import devices as _devices
+
+_devices.active_backend()  # TRACEFUSE_CUDA=interpret turns Triton's interpreter on: before Triton loads
+
 from . import creation, elementwise, matmul, movement, multi_tensor, nn, optim, reduce, rnn  # noqa: F401
 from .launch import EMITTERS, NoEmitterError, recording, run_op  # noqa: F401
 

@@ -108,9 +108,23 @@ class _Plan:
         at = self.step_of[ref.node]
         shape = producer.meta["outputs"][ref.index][0]
         for reader in g.users(name):
-            if reader.op in _VIEW_OPS or self.step_of[reader.name] > at:
+            if reader.op in _VIEW_OPS:  # shares the input's memory: all its readers must be done
+                if not self._view_read_before(reader.name, at):
+                    return False
+            elif self.step_of[reader.name] > at or (
+                    self.step_of[reader.name] == at and not self._writes_pointwise(reader, shape)):
                 return False
-            if self.step_of[reader.name] == at and not self._writes_pointwise(reader, shape):
+        return True
+
+    def _view_read_before(self, view, at) -> bool:
+        """Is every use of `view` (and of views of it) over before step `at`, and none returned?"""
+        if any(r.node == view for r in self.graph.outputs if isinstance(r, Ref)):
+            return False
+        for reader in self.graph.users(view):
+            if reader.op in _VIEW_OPS:
+                if not self._view_read_before(reader.name, at):
+                    return False
+            elif self.step_of[reader.name] >= at:
                 return False
         return True
 
