@@ -37,21 +37,19 @@ class NoEmitterError(NotImplementedError):
     """An op with no Triton emitter was asked to run on a CUDA device."""
 
 
-# Triton's name for each element type (pointer signatures, `tl.<type>` in generated code).
+# Triton's name for each element type (pointer signatures).
 TRITON_TYPES = {
     "float32": "fp32", "float64": "fp64", "float16": "fp16", "bfloat16": "bf16", "int64": "i64",
     "int32": "i32", "int16": "i16", "int8": "i8", "uint8": "u8", "bool": "i1",
 }
-TL_TYPES = {
-    "float32": "tl.float32", "float64": "tl.float64", "float16": "tl.float16", "bfloat16": "tl.bfloat16",
-    "int64": "tl.int64", "int32": "tl.int32", "int16": "tl.int16", "int8": "tl.int8", "uint8": "tl.uint8",
-    "bool": "tl.int1",
-}
 
 
 def tl_type(dtype) -> str:
-    """`tl.float32` etc. for a tracefuse dtype or NumPy dtype."""
-    return TL_TYPES[_np_name(dtype)]
+    """`tl.float32` etc. for a tracefuse dtype or NumPy dtype (bool is Triton's int1)."""
+    name = _np_name(dtype)
+    if name not in TRITON_TYPES:
+        raise TypeError(f"no Triton type for {name}")
+    return "tl.int1" if name == "bool" else f"tl.{name}"
 
 
 def _np_name(dtype) -> str:
