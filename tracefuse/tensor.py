@@ -603,15 +603,20 @@ class Tensor:
         trace = _trace.current()
         if trace is not None:
             trace.assigned(self, result)  # before the write: the trace may keep the old value
-        if self._device.type == "cpu":
-            np.copyto(self._data, result._data, casting="unsafe")
-        else:
-            from .codegen.triton import copy_into
-            copy_into(self._device, self._data, result.to(self._device)._data)
+        self._write_memory(result.to(self._device)._data)
         self._version.bump()
         if autograd.is_grad_enabled():
             self._rebase_history(result, overwrite)
         return self
+
+    def _write_memory(self, array):
+        """Copy `array` (same device; broadcast, cast) into this tensor's memory: nothing else
+        (no version bump, no autograd). On a device the copy is a kernel."""
+        if self._device.type == "cpu":
+            np.copyto(self._data, array, casting="unsafe")
+        else:
+            from .codegen.triton import copy_into
+            copy_into(self._device, self._data, array)
 
     def _rebase_history(self, result, overwrite):
         """Record an in-place write for autograd (PyTorch's rebase_history). A tensor that is no view

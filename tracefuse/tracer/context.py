@@ -244,7 +244,7 @@ class TraceContext:
         """Undo the trace run's effects on parameters, buffers and captured tensors (values and
         `.grad`), so the compiled graph's own run makes the call's one update."""
         for name, data in self._originals.items():
-            np.copyto(self.inputs[name]._data, data)
+            self.inputs[name]._write_memory(data)
         for name, before in self._grads_before.items():
             self.inputs[name]._grad = before
 

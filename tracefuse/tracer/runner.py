@@ -60,16 +60,6 @@ class CompiledBackward(autograd.Node):
         return [autograd._validated(self, i, g) for i, g in enumerate(grads)]
 
 
-def _write(target, value):
-    """target's memory = value's (an in-place update of the call written back)."""
-    if target.device.type == "cpu":
-        np.copyto(target._data, value._data, casting="unsafe")
-    else:
-        from ..codegen.triton import copy_into
-
-        copy_into(target.device, target._data, value._data)
-
-
 def run(captured, arg_leaves):
     """Execute `captured` for a call whose tensor leaves are `arg_leaves`; returns its result."""
     live = dict(captured.live_inputs)
@@ -77,7 +67,7 @@ def run(captured, arg_leaves):
     for name, of in captured.grad_inputs:
         live[name] = live[of]._grad  # gradients are read as they are at this call
     if captured.backend != "triton":
-        return _finish(captured, live, interpreter.run(captured.forward, live))
+        return _finish(captured, live, execute(captured, captured.forward, live))
     from ..codegen.triton import recording
 
     n = captured.n_user_outputs
@@ -102,7 +92,7 @@ def _finish(captured, live, outputs):
     for name in captured.mutated:
         target, value = live[name], next(rest)
         if value._data is not target._data:  # else the graph wrote the new value in place
-            _write(target, value)
+            target._write_memory(value._data)
         target._version.bump()
     for name, has_value in captured.grad_assignments:
         live[name]._grad = fresh(next(rest)) if has_value else None
