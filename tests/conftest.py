@@ -4,9 +4,16 @@ from __future__ import annotations
 import os
 import tempfile
 
-# Generated kernels run under Triton's interpreter in tests (a process-wide mode Triton reads at
-# import); ahead-of-time GPU builds run in subprocesses without it. Kernels go to a private cache.
-os.environ["TRITON_INTERPRET"] = "1"
+from tracefuse.runtime import devices as _probe  # noqa: E402  (imports no Triton)
+
+# The device tests (marked `gpu`) run on a real GPU when one is visible (the CUDA backend, with two
+# logical devices on it), else on the interpret backend: generated kernels under Triton's
+# interpreter, a process-wide mode Triton reads at import (ahead-of-time GPU builds then run in
+# subprocesses without it). TRACEFUSE_CUDA=interpret forces the interpreter. Kernels go to a
+# private cache.
+ON_GPU = not os.environ.get("TRACEFUSE_CUDA", "").startswith("interpret") and _probe.cuda_device_count() > 0
+if not ON_GPU:
+    os.environ["TRITON_INTERPRET"] = "1"
 os.environ.setdefault("TRACEFUSE_CACHE_DIR", tempfile.mkdtemp(prefix="tracefuse-test-cache-"))
 
 import numpy as np  # noqa: E402
@@ -94,24 +101,41 @@ def rng():
 
 
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests need a CUDA device; skip them with a reason everywhere else."""
-    from tracefuse.runtime import devices
-
-    if devices.cuda_device_count() > 0:
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible)")
+    """Tests on CUDA devices are `gpu` tests (`pytest -m gpu` runs them); those that need a real
+    GPU (marked `gpu_only`) are skipped, with the reason, where there is none."""
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible; the interpret backend cannot stand in)")
     for item in items:
-        if "gpu" in item.keywords:
+        if "interpret" in getattr(item, "fixturenames", ()) or "gpu_only" in item.keywords:
+            item.add_marker(pytest.mark.gpu)
+        if "gpu_only" in item.keywords and not ON_GPU:
             item.add_marker(skip)
+
+
+def device_backend(count=2, capacity=None):
+    """A backend with `count` CUDA devices: logical devices on the GPU when there is one (one
+    backend per configuration for the whole session, however conftest was imported: contexts and
+    streams are costly), else interpret ones."""
+    if not ON_GPU:
+        from tracefuse.runtime.interpret import InterpretBackend
+
+        return InterpretBackend(count, capacity=capacity)
+    made = devices.__dict__.setdefault("_test_gpu_backends", {})
+    if (count, capacity) not in made:
+        from tracefuse.runtime.cuda import CudaBackend
+
+        made[count, capacity] = CudaBackend(virtual=count, capacity=capacity)
+    return made[count, capacity]
 
 
 @pytest.fixture
 def interpret(monkeypatch):
-    """`cuda:0` and `cuda:1` on the interpret backend (Triton's interpreter on host memory)."""
-    from tracefuse.runtime.interpret import InterpretBackend
-
-    monkeypatch.setattr(devices, "_backend", InterpretBackend(2))
+    """`cuda:0` and `cuda:1`: two logical devices on the GPU, or on the interpret backend."""
+    monkeypatch.setattr(devices, "_backend", device_backend(2))
     return "cuda:0"
+
+
+# Tolerance floors of device results on a real GPU (fast exp/log approximations, FMA contraction).
+_GPU_TOLERANCE = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 1e-2}
 
 
 def on_device(fn, *tensors, device="cuda:0", **kwargs):
@@ -138,4 +162,5 @@ def assert_device_matches(fn, *tensors, rtol=1e-12, atol=1e-12, **kwargs):
         if a.dtype.kind in "biu":
             np.testing.assert_array_equal(a, b)
         else:
-            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, equal_nan=True)
+            floor = _GPU_TOLERANCE.get(e.dtype.name, 0.0) if ON_GPU else 0.0
+            np.testing.assert_allclose(a, b, rtol=max(rtol, floor), atol=max(atol, floor), equal_nan=True)

@@ -272,9 +272,8 @@ def test_unsupported_python_complex():
         tracefuse.tensor(1 + 2j)
 
 
-NO_CUDA = ("Cannot use device 'cuda:0': no CUDA backend is available in this build of tracefuse (no GPU runtime has "
-           "been initialised). Use the 'cpu' device, or set TRACEFUSE_CUDA=interpret to run CUDA tensors on Triton's "
-           "interpreter.")
+NO_CUDA = ("Cannot use device 'cuda:0': no CUDA backend is available (the CUDA driver reports no GPU). Use the "
+           "'cpu' device, or set TRACEFUSE_CUDA=interpret to run CUDA tensors on Triton's interpreter.")
 
 
 @pytest.mark.parametrize("fn", [

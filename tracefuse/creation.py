@@ -115,9 +115,9 @@ def _check_range(values, target):
 def _to_array(data):
     """Nested data as NumPy can read it (tensors inside lists are one-element scalars)."""
     if isinstance(data, Tensor):
-        return data._data
+        return data._host_data()
     if isinstance(data, (list, tuple)):
-        return [x._data.reshape(()) if isinstance(x, Tensor) else _to_array(x) for x in data]
+        return [x._host_data().reshape(()) if isinstance(x, Tensor) else _to_array(x) for x in data]
     return data
 
 
@@ -138,6 +138,8 @@ def tensor(data, dtype=None, device=None, requires_grad=False, pin_memory=False)
         _check_range(array, target)
     with np.errstate(all="ignore"):
         array = array.astype(target.np_type)
+    if device.type != "cpu":
+        array = devices.backend(device).from_host(array, device)
     return _finish(Tensor._wrap(array, target, device), requires_grad)
 
 

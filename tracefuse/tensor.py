@@ -368,14 +368,15 @@ class Tensor:
             raise RuntimeError("Only Tensors created explicitly by the user (graph leaves) support the deepcopy "
                                "protocol at the moment.")
         if id(self) not in memo:
-            new = type(self)._wrap(self._data.copy(), self._dtype, self._device, self._requires_grad)
+            new = type(self)._wrap(self._memory_copy(), self._dtype, self._device, self._requires_grad)
             new._grad = None if self._grad is None else self._grad.__deepcopy__(memo)
             memo[id(self)] = new
         return memo[id(self)]
 
     def __reduce_ex__(self, protocol):
-        """Pickle data, dtype and requires_grad, as PyTorch: the result is a leaf, a view its own tensor."""
-        return _rebuild, (type(self), self._data, self._dtype, self.requires_grad)
+        """Pickle data, dtype, device and requires_grad, as PyTorch: the result is a leaf, a view its
+        own tensor (a CUDA tensor's values are copied to the host and back)."""
+        return _rebuild, (type(self), self._host_data(), self._dtype, self.requires_grad, str(self._device))
 
     @property
     def data(self):
@@ -408,7 +409,7 @@ class Tensor:
         if self._device.type == "cpu":
             return self._data
         from .runtime import devices
-        return devices.backend(self._device).to_host(self._data)
+        return devices.backend(self._device).to_host(self._data, self._device)
 
     def _host_type(self):
         """The NumPy type Python values are read through (bfloat16 via float32)."""
@@ -422,15 +423,20 @@ class Tensor:
         self._values_read("numpy()")
         if self.requires_grad and not force:
             raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead.")
-        if self._device.type != "cpu" and not force:
-            raise TypeError(
-                f"can't convert {self._device} device type tensor to numpy. Use Tensor.cpu() to copy the "
-                "tensor to host memory first."
-            )
+        if self._device.type != "cpu":
+            if not force:
+                raise TypeError(self._not_on_host())
+            return self._host_data()
         return self._data
+
+    def _not_on_host(self):
+        return (f"can't convert {self._device} device type tensor to numpy. Use Tensor.cpu() to copy the "
+                "tensor to host memory first.")
 
     def __array__(self, dtype=None, copy=None):
         self._values_read("conversion to a NumPy array")
+        if self._device.type != "cpu":
+            raise TypeError(self._not_on_host())
         return self._data if dtype is None else self._data.astype(dtype)
 
     def __bool__(self):
@@ -584,7 +590,17 @@ class Tensor:
         return self._traced_alias(t)
 
     def _snapshot(self):
-        return self._history_alias(self._data.copy())
+        return self._history_alias(self._memory_copy())
+
+    def _memory_copy(self):
+        """A copy of this tensor's memory on its device (NumPy on the CPU, a copy kernel on a device)."""
+        if self._device.type == "cpu":
+            return self._data.copy()
+        from .codegen.triton import copy_into
+        from .runtime import devices
+        out = devices.backend(self._device).empty(self._data.shape, self._data.dtype, self._device)
+        copy_into(self._device, out, self._data)
+        return out
 
     def _assign(self, result, overwrite=False):
         """Write `result` (broadcast, cast) into this tensor and take over its autograd history;
@@ -1487,14 +1503,15 @@ class Tensor:
     def nonzero(self, as_tuple=False):
         from .creation import tensor
         self._values_read("nonzero()")  # the result's shape depends on the values
-        idx = np.nonzero(self._data)
+        idx = np.nonzero(self._host_data())
         if as_tuple:
-            return tuple(tensor(i.astype(np.int64)) for i in idx)
-        return tensor(np.stack(idx, axis=1).astype(np.int64).reshape(-1, self.ndim))
+            return tuple(tensor(i.astype(np.int64), device=self._device) for i in idx)
+        return tensor(np.stack(idx, axis=1).astype(np.int64).reshape(-1, self.ndim), device=self._device)
 
 
-def _rebuild(cls, array, dtype, requires_grad):
-    return cls._wrap(array, dtype, requires_grad=requires_grad)
+def _rebuild(cls, array, dtype, requires_grad, device="cpu"):
+    t = cls._wrap(array, dtype, requires_grad=requires_grad)
+    return t if device == "cpu" else t.detach().to(device).requires_grad_(requires_grad)
 
 
 def _qualified_name(value):

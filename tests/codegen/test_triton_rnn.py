@@ -142,7 +142,28 @@ def test_scan_source_reads_like_a_kernel():
     source = records[1].kernel.source
     assert "while step < T:" in source and "tl.debug_barrier()" in source
     assert "BLOCK_B: tl.constexpr" in source and "seq_mask" in source and "tile_mask" in source
-    assert records[1].constexprs["H"] == H and records[1].grid == (1,)
+    assert records[1].constexprs["H"] == H
+    # the interpreter runs programs one after another: one program owns every hidden unit
+    assert records[1].grid == (1, 1) and records[1].constexprs["H_PROGRAMS"] == 1
+
+
+def test_scan_spreads_hidden_units_over_resident_programs(monkeypatch):
+    """On a device that runs many programs at once, each owns a slice of the hidden units and the
+    programs of a batch block wait for each other after every step (a cooperative launch)."""
+    from tracefuse.runtime import devices
+
+    layer = Layer("gru")
+    backend = devices.backend(tf.device("cuda:0"))
+    monkeypatch.setattr(backend, "resident_programs", lambda device: 8)
+    # (recorded, not run: the interpreter runs one program at a time, so they would wait forever)
+    monkeypatch.setattr(backend, "launch", lambda *args, **kwargs: None)
+    with recording() as records:
+        layer.forward(*[t.cuda() if t is not None else None for t in layer.tensors])
+    (scan,) = [r for r in records if r.kernel.name == "gru_layer_kernel"]
+    programs = scan.constexprs["H_PROGRAMS"]
+    assert scan.grid == (1, programs) and 1 < programs <= 8
+    assert scan.constexprs["H_SLICE"] * programs >= H and scan.constexprs["launch_cooperative_grid"] is True
+    assert 'tl.atomic_add(barrier_ptr + pid, 1, sem="release")' in scan.kernel.source
 
 
 # --- cells ---------------------------------------------------------------------------------------

@@ -24,24 +24,20 @@ from tracefuse.device import as_device
 from tracefuse.nn import parallel
 from tracefuse.nn.parallel import comm
 from tracefuse.runtime import devices
-from tests.conftest import assert_same
+from tests.conftest import assert_same, device_backend
 
 Pair = namedtuple("Pair", ["first", "second"])
 
 
 @pytest.fixture
 def four_devices(monkeypatch):
-    from tracefuse.runtime.interpret import InterpretBackend
-
-    monkeypatch.setattr(devices, "_backend", InterpretBackend(4))
+    monkeypatch.setattr(devices, "_backend", device_backend(4))
     return 4
 
 
 @pytest.fixture(params=[2, 4])
 def n_devices(request, monkeypatch):
-    from tracefuse.runtime.interpret import InterpretBackend
-
-    monkeypatch.setattr(devices, "_backend", InterpretBackend(request.param))
+    monkeypatch.setattr(devices, "_backend", device_backend(request.param))
     return request.param
 
 

@@ -602,11 +602,13 @@ def _nll_terms(log_probs, target, weight, ignore_index):
     target = target.long()
     ignored = target == ignore_index
     # A bounds check, not control flow: read the storage directly so a compiled trace does not
-    # guard on the targets' values (a compiled replay does not repeat this check).
-    data = target._data[~ignored._data]
-    if data.size and (data.min() < 0 or data.max() >= classes):
-        bad = data[(data < 0) | (data >= classes)][0]
-        raise IndexError(f"Target {bad} is out of bounds.")
+    # guard on the targets' values (a compiled replay does not repeat this check). Targets on a
+    # device are not read back (as for index ops: the gather kernel skips bad indices).
+    if target.device.type == "cpu":
+        data = target._data[~ignored._data]
+        if data.size and (data.min() < 0 or data.max() >= classes):
+            bad = data[(data < 0) | (data >= classes)][0]
+            raise IndexError(f"Target {bad} is out of bounds.")
     safe = target.masked_fill(ignored, 0)
     loss = -log_probs.gather(class_dim, safe.unsqueeze(class_dim)).squeeze(class_dim)
     if weight is None:

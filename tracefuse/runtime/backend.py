@@ -12,7 +12,6 @@ views by slicing); codegen only ever reads that metadata and a device pointer
 from __future__ import annotations
 
 import abc
-import time
 
 
 class OutOfMemoryError(RuntimeError):
@@ -40,6 +39,11 @@ def out_of_memory(device, requested, capacity, allocated) -> OutOfMemoryError:
         "tracefuse.")
 
 
+class CaptureError(RuntimeError):
+    """Work that cannot be recorded into a CUDA graph (a host copy, a synchronization) was asked
+    for while a graph was being captured."""
+
+
 class Backend(abc.ABC):
     """One runtime for `cuda:0..device_count-1`."""
 
@@ -57,24 +61,80 @@ class Backend(abc.ABC):
         """A device copy of the host NumPy array `array` on `device`."""
 
     @abc.abstractmethod
-    def to_host(self, array):
-        """A host NumPy copy of the device array `array` (synchronizes its stream)."""
+    def to_host(self, array, device):
+        """A host NumPy copy of the array `array` of `device` (waits for the work queued before)."""
 
     @abc.abstractmethod
-    def copy_between(self, array, device):
-        """A copy of device array `array` on another device (peer copy)."""
+    def copy_between(self, array, source, target):
+        """A copy on device `target` of the array `array` of device `source`."""
 
     @abc.abstractmethod
     def pointer(self, array):
         """The kernel argument that points at `array`'s first element."""
 
+    def address(self, array) -> int:
+        """The device address of `array`'s first element (what pointer tables hold)."""
+        return array.__array_interface__["data"][0]
+
     @abc.abstractmethod
-    def launch(self, kernel, grid, args, constexprs, device, stream=None):
+    def launch(self, kernel, grid, args, signature, constexprs, device, stream=None):
         """Launch `kernel` (codegen/triton Kernel) over `grid` with `args` already converted by
-        `pointer`, in order, on `stream` (default: the device's current stream)."""
+        `pointer`, in order, typed by `signature` (argument name -> Triton type), on `stream`
+        (default: the device's current stream)."""
 
     @abc.abstractmethod
     def synchronize(self, device=None): ...
+
+    @abc.abstractmethod
+    def resident_programs(self, device) -> int:
+        """How many programs of one launch can run at once on `device` and wait for each other
+        (a kernel may spread a scan over that many); 1 where programs run one after another."""
+
+    # --- streams and events (tracefuse.cuda.Stream / Event hold the handles these return) ---
+
+    @abc.abstractmethod
+    def new_stream(self, device, priority=0): ...
+
+    @abc.abstractmethod
+    def stream_of(self, device):
+        """The stream this thread queues `device`'s work on (see `using_stream`)."""
+
+    @abc.abstractmethod
+    def using_stream(self, device, stream):
+        """A context manager: this thread queues `device`'s work on `stream` inside it."""
+
+    @abc.abstractmethod
+    def stream_synchronize(self, stream): ...
+
+    @abc.abstractmethod
+    def stream_wait_event(self, stream, event): ...
+
+    @abc.abstractmethod
+    def new_event(self, device, enable_timing): ...
+
+    @abc.abstractmethod
+    def record_event(self, event, device, stream=None): ...
+
+    @abc.abstractmethod
+    def event_synchronize(self, event): ...
+
+    @abc.abstractmethod
+    def event_query(self, event) -> bool: ...
+
+    @abc.abstractmethod
+    def event_elapsed(self, start, end) -> float:
+        """Milliseconds between two recorded events."""
+
+    # --- CUDA graphs ---
+
+    @abc.abstractmethod
+    def capture(self, device):
+        """A context manager recording the work queued on `device` inside it into a graph instead of
+        running it; yields the graph, whose `replay()` runs that work again on the same memory.
+        Memory allocated inside belongs to the graph while it lives. Host copies and
+        synchronizations inside raise CaptureError."""
+
+    # --- memory statistics ---
 
     @abc.abstractmethod
     def memory_allocated(self, device) -> int:
@@ -85,57 +145,12 @@ class Backend(abc.ABC):
         """The peak of `memory_allocated` since the start or the last reset."""
 
     @abc.abstractmethod
+    def memory_reserved(self, device) -> int:
+        """Bytes held from the driver on `device`, cached free blocks included."""
+
+    @abc.abstractmethod
     def reset_peak_memory_stats(self, device) -> None: ...
 
     @abc.abstractmethod
     def empty_cache(self) -> None:
         """Return cached, unused device memory to the driver."""
-
-
-class Event:
-    """A point in a stream's work; `elapsed_time` in milliseconds, as torch.cuda.Event."""
-
-    def __init__(self, enable_timing=False):
-        self.enable_timing = enable_timing
-        self._time = None
-
-    def record(self, stream=None):
-        (stream or Stream()).synchronize()
-        self._time = time.perf_counter()
-
-    def query(self) -> bool:
-        return self._time is not None
-
-    def synchronize(self):
-        if self._time is None:
-            raise RuntimeError("Event.synchronize() called before the event was recorded")
-
-    def elapsed_time(self, end) -> float:
-        if not (self.enable_timing and end.enable_timing):
-            raise RuntimeError("Both events must be created with argument 'enable_timing=True'.")
-        if self._time is None or end._time is None:
-            raise RuntimeError("Both events must be recorded before calculating elapsed time.")
-        return (end._time - self._time) * 1000.0
-
-
-class Stream:
-    """An in-order queue of device work. The interpret backend runs work as it is queued, so its
-    streams only order by construction; the CUDA backend maps them to CUstreams."""
-
-    def __init__(self, device=None, priority=0):
-        self.device = device
-        self.priority = priority
-
-    def synchronize(self):
-        pass
-
-    def wait_event(self, event):
-        event.synchronize()
-
-    def wait_stream(self, stream):
-        stream.synchronize()
-
-    def record_event(self, event=None):
-        event = event or Event()
-        event.record(self)
-        return event

@@ -1,8 +1,9 @@
 """Devices. The CPU runs NumPy directly; `cuda:N` devices belong to a backend chosen once per
 process by `TRACEFUSE_CUDA`:
 
-  interpret[:N]  Triton's interpreter on host memory, N logical devices (default 2)
-  (unset)        the GPUs cuda-python sees (the CUDA backend)
+  (unset) / cuda  the GPUs cuda-python sees, one device each (the CUDA backend; none without a GPU)
+  virtual:N       N logical devices over the visible GPUs (one GPU can stand for several)
+  interpret[:N]   Triton's interpreter on host memory, N logical devices (default 2)
 """
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ import threading
 
 _backend = None
 _current = threading.local()  # the thread's current CUDA device index (torch.cuda.set_device)
+_KINDS = ("cuda", "virtual", "interpret")
 
 
 def _parse(spec: str):
     kind, _, count = spec.partition(":")
-    if kind not in ("interpret",) or (count and not count.isdigit()) or count == "0":
-        raise RuntimeError(f"TRACEFUSE_CUDA={spec!r} is not understood; use 'interpret' or 'interpret:N' (N >= 1)")
+    bad_count = (count and not count.isdigit()) or count == "0" or (kind == "virtual" and not count) or \
+        (kind == "cuda" and count)
+    if kind not in _KINDS or bad_count:
+        raise RuntimeError(f"TRACEFUSE_CUDA={spec!r} is not understood; use 'cuda', 'virtual:N' or 'interpret[:N]' "
+                           "(N >= 1)")
     return kind, int(count or 2)
 
 
@@ -24,12 +29,15 @@ def active_backend():
     """The process's CUDA backend, or None when there is none (no GPU, no interpret mode)."""
     global _backend
     if _backend is None:
-        spec = os.environ.get("TRACEFUSE_CUDA", "")
-        if spec:
-            _, count = _parse(spec)
+        kind, count = _parse(os.environ.get("TRACEFUSE_CUDA") or "cuda")
+        if kind == "interpret":
             from .interpret import InterpretBackend
 
             _backend = InterpretBackend(count)
+        elif cuda_device_count() > 0:
+            from .cuda import CudaBackend
+
+            _backend = CudaBackend(virtual=count if kind == "virtual" else None)
     return _backend
 
 
@@ -55,9 +63,8 @@ def backend(device):
     found = active_backend()
     if found is None:
         raise RuntimeError(
-            f"Cannot use device '{device}': no CUDA backend is available in this build of tracefuse "
-            "(no GPU runtime has been initialised). Use the 'cpu' device, or set "
-            "TRACEFUSE_CUDA=interpret to run CUDA tensors on Triton's interpreter."
+            f"Cannot use device '{device}': no CUDA backend is available (the CUDA driver reports no GPU). "
+            "Use the 'cpu' device, or set TRACEFUSE_CUDA=interpret to run CUDA tensors on Triton's interpreter."
         )
     if not 0 <= device.index < found.device_count():
         raise RuntimeError("CUDA error: invalid device ordinal")
@@ -67,10 +74,10 @@ def backend(device):
 def transfer(array, source, target):
     """A copy of `array` (on device `source`) on device `target`."""
     if target.type == "cpu":
-        return backend(source).to_host(array) if source.type != "cpu" else array.copy()
+        return backend(source).to_host(array, source) if source.type != "cpu" else array.copy()
     if source.type == "cpu":
         return backend(target).from_host(array, target)
-    return backend(target).copy_between(array, target)
+    return backend(target).copy_between(array, source, target)
 
 
 def _driver_api():
@@ -104,9 +111,15 @@ def cuda_gpus() -> tuple[int, list[str]]:
     return version, names
 
 
+_gpu_count = None
+
+
 def cuda_device_count() -> int:
-    """GPUs the CUDA driver reports; 0 without a driver or without cuda-python."""
-    try:
-        return len(cuda_gpus()[1])
-    except (ImportError, RuntimeError):
-        return 0
+    """GPUs the CUDA driver reports; 0 without a driver or without cuda-python (asked once)."""
+    global _gpu_count
+    if _gpu_count is None:
+        try:
+            _gpu_count = len(cuda_gpus()[1])
+        except (ImportError, RuntimeError):
+            _gpu_count = 0
+    return _gpu_count

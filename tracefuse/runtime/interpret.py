@@ -10,14 +10,16 @@ import.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
+import time
 import weakref
 
 import numpy as np
 
-from .backend import Backend, out_of_memory
+from .backend import Backend, CaptureError, out_of_memory
 
 
 class _HostStorage:
@@ -67,6 +69,11 @@ class HostPointer:
         return self
 
 
+def interpreting() -> bool:
+    """Whether Triton interprets kernels in this process (TRITON_INTERPRET, read at its import)."""
+    return os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "on", "yes")
+
+
 def enable_triton_interpreter():
     """Make Triton interpret kernels; possible only before Triton compiles anything in-process."""
     if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
@@ -101,6 +108,29 @@ def _squeeze_loop_bounds():
 _LAUNCH_LOCK = threading.Lock()
 
 
+class _HostEvent:
+    """An event of the interpret backend: work runs as it is queued, so recording is reading the clock."""
+
+    def __init__(self, enable_timing):
+        self.enable_timing, self.time = enable_timing, None
+
+
+class _Graph:
+    """Launches recorded by `capture`, with the memory they use (kept alive while the graph lives)."""
+
+    def __init__(self, device):
+        self.device, self.launches, self.memory = device, [], []
+
+    def replay(self):
+        for kernel, grid, args, constexprs in self.launches:
+            _run(kernel, grid, args, constexprs)
+
+
+def _run(kernel, grid, args, constexprs):
+    with _LAUNCH_LOCK, np.errstate(all="ignore"):  # masked-off lanes compute on whatever memory holds
+        kernel.fn[grid](*args, **constexprs)
+
+
 class InterpretBackend(Backend):
     name = "interpret"
 
@@ -112,6 +142,7 @@ class InterpretBackend(Backend):
         self._accounting = threading.RLock()  # (an RLock: a finalizer may run inside `empty`)
         self._allocated = [0] * devices
         self._peak = [0] * devices
+        self._capturing = threading.local()  # device index -> the _Graph being recorded on this thread
 
     def device_count(self):
         return self._count
@@ -129,39 +160,103 @@ class InterpretBackend(Backend):
             self._allocated[device.index] += array.nbytes
             self._peak[device.index] = max(self._peak[device.index], self._allocated[device.index])
         weakref.finalize(array, self._release, device.index, array.nbytes)
+        graph = self._graph(device)
+        if graph is not None:
+            graph.memory.append(array)
         return array
 
     def _release(self, index, nbytes):
         with self._accounting:
             self._allocated[index] -= nbytes
 
+    def _graph(self, device):
+        return getattr(self._capturing, "graphs", {}).get(device.index)
+
+    def _no_capture(self, device, what):
+        if self._graph(device) is not None:
+            raise CaptureError(f"{what} cannot be recorded into a CUDA graph (it waits for the device)")
+
     def from_host(self, array, device):
+        # While capturing, an upload (a kernel's pointer table) happens at once, into memory the
+        # graph keeps: every replay reads the same data.
         out = self.empty(array.shape, array.dtype, device)
         np.copyto(out, array)
         return out
 
-    def to_host(self, array):
+    def to_host(self, array, device):
+        self._no_capture(device, "a copy to host memory")
         return np.array(array, copy=True)
 
-    def copy_between(self, array, device):
-        return self.from_host(array, device)
+    def copy_between(self, array, source, target):
+        self._no_capture(source, "a copy between devices")
+        return self.from_host(array, target)
 
     def pointer(self, array):
         # A pointer's element type is the array's; a bool array is read as Triton's int1.
         return HostPointer(array)
 
-    def launch(self, kernel, grid, args, constexprs, device, stream=None):
-        with _LAUNCH_LOCK, np.errstate(all="ignore"):  # masked-off lanes compute on whatever memory holds
-            kernel.fn[grid](*args, **constexprs)
+    def launch(self, kernel, grid, args, signature, constexprs, device, stream=None):
+        graph = self._graph(device)
+        if graph is not None:
+            graph.launches.append((kernel, grid, args, constexprs))
+        else:
+            _run(kernel, grid, args, constexprs)
+
+    @contextlib.contextmanager
+    def capture(self, device):
+        graphs = self._capturing.__dict__.setdefault("graphs", {})
+        graph = graphs[device.index] = _Graph(device)
+        try:
+            yield graph
+        finally:
+            del graphs[device.index]
 
     def synchronize(self, device=None):
         pass
+
+    def resident_programs(self, device):
+        return 1  # the interpreter runs a launch's programs one after another
+
+    # Streams order work by construction here: every handle is the device's one queue.
+    def new_stream(self, device, priority=0):
+        return None
+
+    def stream_of(self, device):
+        return None
+
+    @contextlib.contextmanager
+    def using_stream(self, device, stream):
+        yield
+
+    def stream_synchronize(self, stream):
+        pass
+
+    def stream_wait_event(self, stream, event):
+        pass
+
+    def new_event(self, device, enable_timing):
+        return _HostEvent(enable_timing)
+
+    def record_event(self, event, device, stream=None):
+        event.time = time.perf_counter()
+
+    def event_synchronize(self, event):
+        pass
+
+    def event_query(self, event):
+        return True
+
+    def event_elapsed(self, start, end):
+        return (end.time - start.time) * 1000.0
 
     def memory_allocated(self, device):
         return self._allocated[device.index]
 
     def max_memory_allocated(self, device):
         return self._peak[device.index]
+
+    def memory_reserved(self, device):
+        return self._allocated[device.index]  # nothing is cached
 
     def reset_peak_memory_stats(self, device):
         self._peak[device.index] = self._allocated[device.index]

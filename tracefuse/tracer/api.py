@@ -5,11 +5,26 @@ under: argument shapes, dtypes, devices and requires_grad, grad mode, the module
 flags and state, non-tensor arguments, and integer arguments whose values the trace read. A call
 reuses the first graph whose guards hold; otherwise it traces again, and the failed guard is
 kept so `explain()` can say why.
+
+DataParallel's replicas of a compiled module share its cache, from their threads (a lock makes
+each guard set trace once). A replica is made anew on every call, so its graph is bound to
+names, not to that replica's tensors: its parameters and buffers are graph inputs under the
+original's names, bound at each call to the calling replica's own copies (through which the
+gradients flow back to the original's parameters), and its guards hold the original's tensor
+identities and modules (see capture.py) with the copies' devices. A graph is traced once per
+device rather than re-targeted to another: a graph holds its device in more places than its
+inputs (factory ops' device attributes, constants made while tracing, the devices passes read
+from node metadata), and rewriting all of them would cost more code and risk than one trace
+per device on the first call. The recompile limit counts the graphs of each set of devices
+apart, so replicas on N devices do not use it up N times faster.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import inspect
+import threading
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -32,6 +47,7 @@ class Entry:
     value_guards: dict
     captured: object = None  # None: this signature runs eagerly (fallback="eager")
     reason: str = ""
+    devices: frozenset = frozenset()  # of the call's tensors: the recompile limit counts per device set
 
 
 @dataclass
@@ -59,6 +75,7 @@ class CompiledCallable:
 
     def __init__(self, fn, module, options: Options, signature_of=None):
         self.fn, self.module, self.options = fn, module, options
+        self.replica_of = None  # the compiled module that `module` is a DataParallel replica of
         # Arguments are bound by parameter name (of forward, for modules): graph inputs get the
         # user's names, and keyword and positional calls share a cache entry.
         self.signature = inspect.signature(signature_of or fn)
@@ -67,15 +84,29 @@ class CompiledCallable:
         self.fallbacks: list[str] = []
         self.warmups = 0  # calls run eagerly to create state (an optimizer's first step)
         self._warned = False
+        self._lock = threading.RLock()  # held while a call traces
+
+    def for_replica(self, replica) -> "CompiledCallable":
+        """The compiled call of `replica`, a DataParallel copy of this module: it shares this
+        callable's graphs (the same entries, recompiles and fallbacks lists, and lock)."""
+        from ..nn import Module
+
+        shared = copy.copy(self)
+        shared.fn, shared.module, shared.replica_of = functools.partial(Module.__call__, replica), replica, self.module
+        return shared
 
     # --- guards --------------------------------------------------------------------------------
     def _state(self):
+        """(name, tensor, kind) of the module's parameters and buffers. A replica's are its copies
+        of the original's (plain attributes, not registered), under the original's names."""
         if self.module is None:
             return []
-        params = [(n, t, "param") for n, t in self.module.named_parameters()]
-        return params + [(n, t, "buffer") for n, t in self.module.named_buffers()]
+        if self.replica_of is None:
+            return _named_state(self.module)
+        return [(name, _attribute(self.module, name), kind) for name, _, kind in _named_state(self.replica_of)]
 
-    def guards_for(self, arguments) -> dict:
+    def guards_for(self, arguments, state=None) -> dict:
+        """The guards of a call; `state`: the call's `_state()`, when the caller has it already."""
         leaves, spec, paths = pytree.flatten(arguments)
         guards = {"grad_mode": autograd.is_grad_enabled(), "arguments": spec}
         for path, t in zip(paths, leaves):
@@ -92,9 +123,17 @@ class CompiledCallable:
         if self.module is not None:
             for name, m in self.module.named_modules():
                 guards[f"{name or 'self'}.training"] = m.training
-            for name, t, _ in self._state():
-                guards[f"self.{name}"] = (id(t), tuple(t.shape), t.dtype, str(t.device), t.requires_grad)
+            state = self._state() if state is None else state
+            # A replica's copies are new on every call: they are guarded as the tensors they copy.
+            sources = state if self.replica_of is None else _named_state(self.replica_of)
+            for (name, t, _), (_, source, _) in zip(state, sources):
+                guards[f"self.{name}"] = (id(source), tuple(t.shape), t.dtype, str(t.device), t.requires_grad)
         return guards
+
+    @staticmethod
+    def _devices(arguments, state) -> frozenset:
+        leaves, _, _ = pytree.flatten(arguments)
+        return frozenset(str(t.device) for t in leaves + [t for _, t, _ in state])
 
     def _failed_guard(self, entry, guards, arguments):
         return next(self._failed_guards(entry, guards, arguments), None)
@@ -111,7 +150,7 @@ class CompiledCallable:
             leaves, _, _ = pytree.flatten(arguments)
             live = dict(entry.captured.live_inputs, **dict(zip(entry.captured.arg_names, leaves)))
             for name, values in entry.value_guards.items():
-                now = live[name]._data.tolist()
+                now = live[name]._host_data().tolist()
                 if now != values:
                     yield Recompile(f"values of {name}", values, now)
         for label, read, value in entry.captured.guards if entry.captured else ():
@@ -126,23 +165,33 @@ class CompiledCallable:
 
     def __call__(self, *args, **kwargs):
         arguments = dict(self.signature.bind(*args, **kwargs).arguments)
-        guards = self.guards_for(arguments)
-        for entry in self.entries:
-            if self._failed_guard(entry, guards, arguments) is None:
-                return self._run(entry, arguments)
+        state = self._state()
+        guards = self.guards_for(arguments, state)
+        entry = self._matching(guards, arguments)
+        if entry is None:
+            with self._lock:
+                entry = self._matching(guards, arguments)  # another replica's thread may have traced it
+                if entry is None:
+                    return self._trace_and_run(guards, arguments, state)
+        return self._run(entry, arguments, state)
+
+    def _matching(self, guards, arguments):
+        return next((e for e in list(self.entries) if self._failed_guard(e, guards, arguments) is None), None)
+
+    def _trace_and_run(self, guards, arguments, state):
+        devices = self._devices(arguments, state)
         failure = None
         if self.entries:  # explained against the closest entry: fewest failed guards, newest on ties
             failure = min((list(self._failed_guards(e, guards, arguments)) for e in reversed(self.entries)),
                           key=len)[0]
             self.recompiles.append(failure)
-        if len(self.entries) >= self.options.recompile_limit:
+        if sum(e.devices == devices for e in self.entries) >= self.options.recompile_limit:
             message = (f"tracefuse.compile: recompile limit ({self.options.recompile_limit}) reached for "
                        f"{_name(self.fn)}; last {failure}")
-            return self._fall_back(message, arguments, guards)
+            return self._fall_back(message, arguments, guards, devices)
         rng_state = random.get_state()
         try:
-            state = self._state()
-            captured = capture(self.invoke, arguments, state, self._scopes())
+            captured = capture(self.invoke, arguments, state, self._scopes(), self._originals())
             self._check_state_kept(state)
         except WarmupRequired:
             random.set_state(rng_state)
@@ -150,12 +199,16 @@ class CompiledCallable:
             return self.invoke(arguments)  # creates the state; the next call is traced
         except TracingError as exc:
             random.set_state(rng_state)
-            return self._fall_back(str(exc), arguments, guards)
+            return self._fall_back(str(exc), arguments, guards, devices)
         random.set_state(rng_state)  # tracing drew random numbers; the call itself draws them again
         captured.backend = _backend_for(captured.forward, self.options.backend)
-        entry = Entry(guards, captured.value_guards, captured)
+        captured.cuda_graphs = bool(self.options.extra.get("cuda_graphs", False))
+        if self.replica_of is not None:  # the graph keeps no copies: each call binds its replica's
+            copies = {name for name, _, _ in state}
+            captured.live_inputs = {n: t for n, t in captured.live_inputs.items() if n not in copies}
+        entry = Entry(guards, captured.value_guards, captured, devices=devices)
         self.entries.append(entry)
-        result = self._run(entry, arguments)
+        result = self._run(entry, arguments, state)
         dump.maybe_dump(self, entry)  # after the first run: the kernels it generated are known
         return result
 
@@ -170,27 +223,54 @@ class CompiledCallable:
                     f"tensor; a compiled graph can only update module state in place (e.g. "
                     f"`self.{name.rsplit('.', 1)[-1]}.copy_(value)`)")
 
-    def _run(self, entry, arguments):
+    def _run(self, entry, arguments, state):
         if entry.captured is None:
             return self.invoke(arguments)
         leaves, _, _ = pytree.flatten(arguments)
-        return runner.run(entry.captured, leaves)
+        return runner.run(_bound(entry.captured, state), leaves)
 
-    def _fall_back(self, message, arguments, guards):
+    def _fall_back(self, message, arguments, guards, devices):
         if self.options.fallback == "error":
             raise TracingError(message)
         self.fallbacks.append(message)
         if not self._warned:
             warnings.warn(f"{message}\ntracefuse.compile: running {_name(self.fn)} eagerly (fallback='eager')",
-                          stacklevel=3)
+                          stacklevel=5)  # the user's call
             self._warned = True
-        self.entries.append(Entry(guards, {}, None, message))
+        self.entries.append(Entry(guards, {}, None, message, devices))
         return self.invoke(arguments)
 
     def _scopes(self):
-        if self.module is None:
-            return {}
-        return {id(m): name for name, m in self.module.named_modules(remove_duplicate=False)}
+        """id(module) -> qualified name, for the module and, for a replica, the modules it copies."""
+        trees = [m for m in (self.module, self.replica_of) if m is not None]
+        return {id(m): name for tree in trees for name, m in tree.named_modules(remove_duplicate=False)}
+
+    def _originals(self):
+        """id(replica module) -> the module it copies (same tree shape), for a replica's trace."""
+        if self.replica_of is None:
+            return None
+        pairs = zip(self.module.named_modules(remove_duplicate=False),
+                    self.replica_of.named_modules(remove_duplicate=False))
+        return {id(replica): original for (_, replica), (_, original) in pairs}
+
+
+def _bound(captured, state):
+    """`captured` reading the call's parameters and buffers `state`: a graph traced by a replica
+    holds none (each call is a new replica), and a replica's call reads its own copies."""
+    if all(captured.live_inputs.get(name) is t for name, t, _ in state):
+        return captured
+    return dataclasses.replace(captured, live_inputs={**captured.live_inputs, **{name: t for name, t, _ in state}})
+
+
+def _named_state(module):
+    params = [(n, t, "param") for n, t in module.named_parameters()]
+    return params + [(n, t, "buffer") for n, t in module.named_buffers()]
+
+
+def _attribute(module, name):
+    """The tensor at qualified `name` ('fc1.weight') of `module`."""
+    path, _, attribute = name.rpartition(".")
+    return getattr(module.get_submodule(path), attribute)
 
 
 def _backend_for(graph, requested):
@@ -241,7 +321,7 @@ def compile(obj=None, *, backend="auto", fullgraph=True, dynamic=False, fallback
     if isinstance(obj, Module):
         return _compile_module(obj, opts)
     if isinstance(obj, type) and issubclass(obj, Module):
-        return _compile_module_class(obj, opts)
+        return _compiled_subclass(obj, opts)
     if callable(obj):
         compiled = CompiledCallable(obj, None, opts)
         wrapper = functools.wraps(obj)(lambda *a, **k: compiled(*a, **k))
@@ -251,32 +331,51 @@ def compile(obj=None, *, backend="auto", fullgraph=True, dynamic=False, fallback
 
 
 _MODULE_CACHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# DataParallel replica -> the compiled module it copies. Its callable is made per call: stored
+# here, it would hold the replica and keep it (and its copies) alive.
+_REPLICA_OF: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _compiled_call(self, *args, **kwargs):
-    compiled = _MODULE_CACHES.get(self)
+def _cache_of(module) -> CompiledCallable:
+    compiled = _MODULE_CACHES.get(module)
     if compiled is None:
         from ..nn import Module
 
-        compiled = CompiledCallable(functools.partial(Module.__call__, self), self, self._tracefuse_options,
-                                    signature_of=self.forward)
-        _MODULE_CACHES[self] = compiled
+        compiled = CompiledCallable(functools.partial(Module.__call__, module), module, module._tracefuse_options,
+                                    signature_of=module.forward)
+        _MODULE_CACHES[module] = compiled
+    return compiled
+
+
+def _compiled_call(self, *args, **kwargs):
+    original = _REPLICA_OF.get(self)
+    compiled = _cache_of(self) if original is None else _cache_of(original).for_replica(self)
     return compiled(*args, **kwargs)
+
+
+def _replicate_for_data_parallel(self):
+    """DataParallel's replica of a compiled module, sharing its compiled graphs (see the module
+    docstring)."""
+    from ..nn.parallel.replicate import shallow_replica
+
+    replica = shallow_replica(self)
+    _REPLICA_OF[replica] = self
+    _cache_of(self)  # made here, in the caller's thread, rather than by the replicas' threads at once
+    return replica
+
+
+def _compiled_subclass(base, opts):
+    """`base` with compiled calls (`compile` of a module class, or the class of a compiled view)."""
+    return type(base.__name__, (base,), {"__call__": _compiled_call, "_tracefuse_options": opts,
+                                         "_replicate_for_data_parallel": _replicate_for_data_parallel,
+                                         "__module__": base.__module__, "__qualname__": base.__qualname__})
 
 
 def _compile_module(module, opts):
     """A view of `module` (same __dict__, so the same state) whose calls run compiled."""
-    base = type(module)
-    cls = type(base.__name__, (base,), {"__call__": _compiled_call, "_tracefuse_options": opts,
-                                        "__module__": base.__module__, "__qualname__": base.__qualname__})
-    compiled = object.__new__(cls)
+    compiled = object.__new__(_compiled_subclass(type(module), opts))
     object.__setattr__(compiled, "__dict__", module.__dict__)
     return compiled
-
-
-def _compile_module_class(cls, opts):
-    return type(cls.__name__, (cls,), {"__call__": _compiled_call, "_tracefuse_options": opts,
-                                        "__module__": cls.__module__, "__qualname__": cls.__qualname__})
 
 
 def compiled_callable(obj) -> CompiledCallable | None:

@@ -43,6 +43,8 @@ class Captured:
     log: object = None
     backend: str = "numpy"  # runs on the NumPy interpreter, or as Triton kernels on a CUDA device
     launches: list = field(default_factory=list)  # the forward's kernel launches in the latest call
+    cuda_graphs: bool = False  # replay the forward as a CUDA graph (compile option "cuda_graphs")
+    replay: object = None  # that graph (codegen/triton/graphs.py GraphReplay), once made
 
 
 def _stand_in(t):
@@ -56,12 +58,26 @@ def _stand_in(t):
     return s
 
 
-def capture(invoke, arguments, named_state, scopes) -> Captured:
+class _ReplicaTraceContext(TraceContext):
+    """The trace of a DataParallel replica's call, guarding the modules the replica copies rather
+    than the replica's own: `replicate` makes new replicas from the originals' attributes on every
+    call, so the originals' are what the next call's replicas will hold."""
+
+    def __init__(self, scopes, originals):
+        super().__init__(scopes)
+        self._original_of = originals  # id(replica module) -> the module it copies
+
+    def _guard_module(self, module):
+        super()._guard_module(self._original_of.get(id(module), module))
+
+
+def capture(invoke, arguments, named_state, scopes, originals=None) -> Captured:
     """Trace `invoke(arguments)` (the call's arguments by parameter name); `named_state` are the
-    (name, tensor, kind) of module state: parameters and buffers."""
+    (name, tensor, kind) of module state: parameters and buffers. `originals` (id(replica module)
+    -> original module) makes the trace of a replica's call guard the originals."""
     leaves, spec, paths = pytree.flatten(arguments)
     stand_ins = [_stand_in(t) for t in leaves]
-    ctx = TraceContext(scopes)
+    ctx = TraceContext(scopes) if originals is None else _ReplicaTraceContext(scopes, originals)
     try:
         with ctx:
             for (name, tensor, kind) in named_state:

@@ -191,7 +191,7 @@ class TraceContext:
         name = self._input_names.get(id(tensor))
         if name is not None:
             self.mutations[name] = ref
-            self._originals.setdefault(name, tensor._data.copy())
+            self._originals.setdefault(name, tensor._memory_copy())
             if tensor.requires_grad and not is_grad_enabled():
                 # A leaf rewritten without autograd (Embedding's max_norm) keeps its identity.
                 self.needs_eager_autodiff("a leaf updated in place under no_grad")
@@ -205,7 +205,7 @@ class TraceContext:
         name = self._input_names.get(id(alias))
         if name is not None:
             self.mutations[name] = ref
-            self._originals.setdefault(name, alias._data.copy())
+            self._originals.setdefault(name, alias._memory_copy())
 
     def grad_written(self, tensor):
         """`tensor.grad` is assigned (zero_grad, the engine): later code no longer depends on the
@@ -262,9 +262,14 @@ class TraceContext:
                 "Python control flow cannot be captured in a graph. Use tensor ops instead (e.g. "
                 "tracefuse.where(cond, a, b) for an if/else), or compile with fallback='eager'."
             )
+        from ..tensor import Tensor
+
         for name in sources:
             # The value the call started with (the traced code may have updated it since).
-            self.value_guards[name] = self._originals.get(name, self.inputs[name]._data).tolist()
+            start = self.inputs[name]
+            if name in self._originals:
+                start = Tensor._wrap(self._originals[name], start.dtype, start.device)
+            self.value_guards[name] = start._host_data().tolist()
 
     # --- module scopes -----------------------------------------------------------------------------
     def scope(self) -> str | None:

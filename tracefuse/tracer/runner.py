@@ -15,8 +15,19 @@ def execute(captured, graph, inputs, updates=None):
     if captured.backend == "triton":
         from ..codegen.triton import executor
 
+        if captured.cuda_graphs and graph is captured.forward:
+            return _graph_replay(captured).run(inputs, updates or {})
         return executor.run(graph, inputs, updates)
     return interpreter.run(graph, inputs)
+
+
+def _graph_replay(captured):
+    """The CUDA graph that replays `captured`'s forward (codegen/triton/graphs.py)."""
+    if captured.replay is None:
+        from ..codegen.triton.graphs import GraphReplay
+
+        captured.replay = GraphReplay(captured.forward, stable=set(captured.live_inputs))
+    return captured.replay
 
 
 class CompiledBackward(autograd.Node):

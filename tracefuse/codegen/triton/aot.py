@@ -36,11 +36,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...runtime.interpret import interpreting
 from .kernel import cache_dir, code_of
 
 DEFAULT_ARCHS = (80, 90)
 # Launch options a record may carry among its keyword arguments: not constexprs, compile options.
-_OPTION_NAMES = ("num_warps", "num_stages", "num_ctas", "maxnreg")
+_OPTION_NAMES = ("num_warps", "num_stages", "num_ctas", "maxnreg", "launch_cooperative_grid")
 
 
 @dataclass
@@ -97,10 +98,6 @@ def _job(record_or_kernel, signature=None, constexprs=None, arch=90, options=Non
         raise TypeError(f"kernel {kernel.name}: constexprs and options must be JSON values for an "
                         f"ahead-of-time build ({e})") from None
     return job
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "on", "yes")
 
 
 # --- building (in a process where Triton compiles) -----------------------------------------------
@@ -198,22 +195,30 @@ def _jsonable(value):
     return repr(value)
 
 
-def _compile(job: dict):
-    """triton.compile for the job's target; returns (cubin bytes, Triton metadata dict)."""
+def compile_function(fn, signature: dict, constexprs: dict, arch: int, attrs=None):
+    """`triton.compile` of the `@triton.jit` function `fn` for sm_`arch`: `signature` types the
+    runtime arguments, `constexprs` holds the compile-time ones and launch options (num_warps,
+    num_stages, ...), `attrs` Triton's per-argument hints. Returns Triton's CompiledKernel."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fn = _load_function(job["path"], job["name"])
-    constexprs = job["constexprs"]
-    missing = [a for a in fn.arg_names if a not in constexprs and a not in job["signature"]]
+    constexprs = dict(constexprs)
+    options = {name: constexprs.pop(name) for name in _OPTION_NAMES if name in constexprs}
+    missing = [a for a in fn.arg_names if a not in constexprs and a not in signature]
     if missing:
-        raise TypeError(f"kernel {job['name']}: no signature for argument(s) {', '.join(missing)}")
+        raise TypeError(f"kernel {fn.__name__}: no signature for argument(s) {', '.join(missing)}")
     # Every argument in order, constexprs marked "constexpr": the form Triton's own launcher
     # builds on 3.6 and 3.9 (both also accept the signature without them).
-    signature = {a: "constexpr" if a in constexprs else job["signature"][a] for a in fn.arg_names}
-    source = ASTSource(fn=fn, signature=signature, constexprs=dict(constexprs))
-    compiled = triton.compile(source, target=GPUTarget("cuda", job["arch"], 32), options=job.get("options") or None)
+    full = {a: "constexpr" if a in constexprs else signature[a] for a in fn.arg_names}
+    source = ASTSource(fn=fn, signature=full, constexprs=constexprs, attrs=attrs or None)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options or None)
+
+
+def _compile(job: dict):
+    """A job built for its target; returns (cubin bytes, Triton metadata dict)."""
+    fn = _load_function(job["path"], job["name"])
+    compiled = compile_function(fn, job["signature"], {**job["constexprs"], **(job.get("options") or {})}, job["arch"])
     return compiled.asm["cubin"], compiled.metadata._asdict()
 
 
@@ -288,7 +293,7 @@ def compile_for_target(record_or_kernel, signature=None, constexprs=None, arch=9
     """Compile a LaunchRecord (or a Kernel with `signature` and `constexprs`) to cubin for
     sm_`arch`; in-process unless this process interprets kernels, then in a subprocess."""
     job = _job(record_or_kernel, signature, constexprs, arch, options)
-    if not _interpreting():
+    if not interpreting():
         return _build(job)
     (row,) = run_in_subprocess([job])["results"]
     if row["error"]:
@@ -339,7 +344,7 @@ def main(argv=None) -> int:
     jobs = json.loads(text)
     if isinstance(jobs, dict):
         jobs = jobs["jobs"]
-    if _interpreting():
+    if interpreting():
         print("tracefuse.codegen.triton.aot: unset TRITON_INTERPRET to compile kernels", file=sys.stderr)
         return 2
     out = sys.stdout

@@ -50,10 +50,10 @@ def _compute(dtype) -> np.dtype:
 
 @emitter("full")
 def full(call):
-    return _fill(call, tuple(call.attrs["shape"]), call.attrs["value"], call.attrs["dtype"])
+    return fill(call, tuple(call.attrs["shape"]), call.attrs["value"], call.attrs["dtype"])
 
 
-def _fill(call, shape, value, dtype):
+def fill(call, shape, value, dtype):
     with np.errstate(all="ignore"):  # overflow to inf, quietly, as on the CPU
         value = np.full((), value, dtype=dtype.np_type)  # the CPU's conversion of the fill value
     out = call.empty(shape, dtype)
@@ -96,7 +96,7 @@ def linspace(call):
     if not dtype.is_floating_point:
         start, end = int(start), int(end)
     if steps == 1:
-        return _fill(call, (1,), start, dtype)
+        return fill(call, (1,), start, dtype)
     t = np.dtype(np.float64) if not dtype.is_floating_point or dtype.itemsize == 8 else np.dtype(np.float32)
     step = (t.type(end) - t.type(start)) / t.type(max(steps - 1, 1))  # on the host, in the same type
     out = call.empty((steps,), dtype)

@@ -130,12 +130,13 @@ class OpCall:
         # Bools go as 0/1 ints: Triton 3.6's interpreter cannot stage a bool argument.
         args = [int(a) if isinstance(a, (bool, np.bool_)) else a for a in args]
         converted = [self.backend.pointer(a) if isinstance(a, np.ndarray) else a for a in args]
+        signature = _signature(kernel, args)
         if _state.recorders:
-            record = LaunchRecord(kernel, grid, _signature(kernel, args), dict(constexprs))
+            record = LaunchRecord(kernel, grid, signature, dict(constexprs))
             for records in _state.recorders:
                 records.append(record)
         try:
-            self.backend.launch(kernel, grid, converted, constexprs, self.device)
+            self.backend.launch(kernel, grid, converted, signature, constexprs, self.device)
         except Exception as exc:
             raise KernelLaunchError(f"kernel {kernel.name} ({kernel.path.name}) failed on {self.device}: "
                                     f"{type(exc).__name__}: {exc}\n{self.provenance or 'eager op'}") from exc

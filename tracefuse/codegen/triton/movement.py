@@ -611,7 +611,7 @@ def _nonzero(call, mask):
                     flat, counts, flat.size, BLOCK=block)
     scan_block = block_size(n_blocks, low=16)
     call.launch(call.kernel("mask_scan_kernel", _MASK_SCAN), (1,), counts, starts, total, n_blocks, BLOCK=scan_block)
-    count = int(call.backend.to_host(total)[0])
+    count = int(call.backend.to_host(total, call.device)[0])
     if mask.ndim == 0:
         return count
     coordinates = [call.empty((count,), np.int64) for _ in range(mask.ndim)]

@@ -62,7 +62,7 @@ _HALF = ("float16", "bfloat16")
 
 def device_address(backend, array) -> int:
     """The device address of `array`'s first element (what goes into a pointer table)."""
-    return int(backend.pointer(array).data_ptr())
+    return backend.address(array)
 
 
 def block_sizes(sizes) -> tuple[int, int]:
@@ -277,6 +277,7 @@ def _norm_source(name, kind, combine, p, names, acc_t, result_name):
         "if finished_before == tl.num_programs(0) - 1:",
     ]
     final = [
+        "tl.store(finished, 0)  # the counter is zero again for the next launch (a CUDA graph's replay)",
         f"total = tl.full([], {identity}, {acc_t})",
         "t = 0",
         "while t < num_tensors:",

@@ -363,7 +363,8 @@ def _adam_source(name, dtype_name, step_name, attrs, has_scalars):
              "tl.debug_barrier()",
              "finished_before = tl.atomic_add(finished + tensor, 1)",
              "if finished_before == tl.load(first_program + tensor + 1) - first - 1:",
-             f"    tl.store(new_step_ptr, {store_cast('step', step_name)})"]
+             f"    tl.store(new_step_ptr, {store_cast('step', step_name)})",
+             "    tl.store(finished + tensor, 0)  # zero again for the next launch (a CUDA graph's replay)"]
     return _INTEGER_POWER + "\n".join(head + _indent(body)) + "\n"
 
 

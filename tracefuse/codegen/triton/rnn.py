@@ -40,19 +40,44 @@ import numpy as np
 
 from ... import dtypes
 from ...ir.shapes import WORKSPACE_WIDTH
+from .creation import fill
 from .heuristics import block_size
 from .launch import emitter, tl_type
 from .pointwise import store_cast
 
 
-def scan_blocks(batch, hidden, state=None) -> dict:
+def scan_blocks(batch, hidden, state=None, split=False) -> dict:
     """Scan tiles: 16 sequences per program, chunks of 16 or 32 hidden units (and, for the LSTM's
     projected state, BLOCK_P state columns), reductions 16 at a time (fp32/fp64 dots run on FMA
-    units, whose operand registers grow with K)."""
+    units, whose operand registers grow with K). A scan split over many programs (`split`) gives
+    each 16-unit chunks and 64-wide reductions: few chunks per program, fewer loop trips."""
+    if split:
+        return dict(BLOCK_B=16, BLOCK_H=16, BLOCK_K=block_size(state or hidden, high=64))
     blocks = dict(BLOCK_B=16, BLOCK_H=block_size(hidden, high=32), BLOCK_K=16)
     if state is not None:
         blocks["BLOCK_P"] = block_size(state, high=32)
     return blocks
+
+
+def scan_split(call, batch, hidden, can_split=True):
+    """How a forward scan spreads over programs: (blocks, grid, barrier counters, constexprs).
+    Each batch block of 16 sequences gets as many programs as the device runs at once (divided
+    among the blocks), each owning H_SLICE hidden units and waiting for the others after every
+    step; they are launched cooperatively, so they are resident together. Where programs run one
+    after another (the interpreter), or `can_split` is false, one program owns all hidden units."""
+    width = call.backend.resident_programs(call.device) if can_split else 1
+    blocks = scan_blocks(batch, hidden, split=width > 1)
+    batch_blocks = _cdiv(batch, blocks["BLOCK_B"])
+    chunks = _cdiv(hidden, blocks["BLOCK_H"])
+    chunks_per_program = _cdiv(chunks, max(1, min(chunks, width // max(batch_blocks, 1))))
+    programs = _cdiv(chunks, chunks_per_program)
+    constexprs = dict(H_SLICE=chunks_per_program * blocks["BLOCK_H"], H_PROGRAMS=programs)
+    if programs > 1:
+        constexprs["launch_cooperative_grid"] = True
+        barrier = fill(call, (batch_blocks,), 0, dtypes.int32)
+    else:
+        barrier = call.empty((1,), np.int32)  # never read
+    return blocks, (batch_blocks, programs), barrier, constexprs
 
 
 def gemm_blocks(m, n, k) -> dict:
@@ -274,6 +299,7 @@ def _backward_gemms(call, op, dgates_in, dgates_hid, x, w_ih, y, h0, lengths, re
 
 _SCAN_PROLOGUE = '''
     pid = tl.program_id(0)
+    pid_h = tl.program_id(1)  # which H_SLICE hidden units of those sequences it computes
     seqs = pid * BLOCK_B + tl.arange(0, BLOCK_B)  # the sequences this program owns
     seq_mask = seqs < B
     if HAS_LENGTHS:
@@ -289,7 +315,7 @@ def _state_loop(size, block, source, target, value):
         cols = s0 + tl.arange(0, {block})
         tile_mask = seq_mask[:, None] & (cols < {size})[None, :]
         state = tl.load({source},
-                        mask=tile_mask, other=0.0)
+                        mask=tile_mask, other=0.0, cache_modifier=".cg")
         tl.store({target}_ptr + seqs[:, None] * {size} + cols[None, :], {value}, mask=tile_mask)
 '''
 
@@ -321,12 +347,32 @@ _STEP_HEADER = '''
         rows = (t * B + seqs).to(tl.int64)  # this step's rows of the [T, B, ...] arrays
 '''
 
-# The head of the loop over chunks of BLOCK_H hidden units inside a step.
-_HIDDEN_CHUNK = '''\
-        for j0 in range(0, H, BLOCK_H):
-            hidden = j0 + tl.arange(0, BLOCK_H)
-            hidden_mask = hidden < H
-            tile_mask = seq_mask[:, None] & hidden_mask[None, :]'''
+def _hidden_chunk(sliced):
+    """The head of the loop over chunks of BLOCK_H hidden units inside a step: this program's
+    H_SLICE of them (forward scans), or all H (backward scans)."""
+    span, offset = ("H_SLICE", "pid_h * H_SLICE + ") if sliced else ("H", "")
+    return (f"        for j0 in range(0, {span}, BLOCK_H):\n"
+            f"            hidden = {offset}j0 + tl.arange(0, BLOCK_H)\n"
+            "            hidden_mask = hidden < H\n"
+            "            tile_mask = seq_mask[:, None] & hidden_mask[None, :]")
+
+
+def _grid_sync(indent, index):
+    """Source lines making the H_PROGRAMS programs of a batch block wait for each other (barrier
+    number `index`: after the state copy 0, after step s s + 1): each adds one to the block's
+    counter, then spins until all have. Stores before it are visible to loads after it (the
+    counter's release/acquire, and h_prev is read with .cg, from L2). Under the interpreter, and
+    whenever one program owns all hidden units, H_PROGRAMS is 1 and this is a program barrier."""
+    lines = ["tl.debug_barrier()",
+             "if H_PROGRAMS > 1:",
+             "    tl.atomic_add(barrier_ptr + pid, 1, sem=\"release\")",
+             "    arrived = tl.atomic_add(barrier_ptr + pid, 0, sem=\"acquire\")",
+             "    spins = 0  # bounded: a program that never arrives gives wrong results, not a hung GPU",
+             f"    while (arrived < ({index} + 1) * H_PROGRAMS) & (spins < 50000000):",
+             "        arrived = tl.atomic_add(barrier_ptr + pid, 0, sem=\"acquire\")",
+             "        spins += 1",
+             "    tl.debug_barrier()"]
+    return "".join(" " * indent + line + "\n" for line in lines)
 
 
 def _recurrent_matmul(size, gates):
@@ -337,7 +383,8 @@ def _recurrent_matmul(size, gates):
              "                ks = k0 + tl.arange(0, BLOCK_K)",
              f"                k_mask = ks < {size}",
              f"                h_prev = tl.load(h_prev_ptr + seqs[:, None] * {size} + ks[None, :],",
-             "                                 mask=seq_mask[:, None] & k_mask[None, :], other=0.0)",
+             "                                 mask=seq_mask[:, None] & k_mask[None, :], other=0.0,",
+             "                                 cache_modifier=\".cg\")  # written by other programs",
              "                w_ptrs = w_hh_ptr + hidden[None, :] * stride_whh_g + ks[:, None] * stride_whh_k",
              "                w_mask = k_mask[:, None] & hidden_mask[None, :]"]
     for g, (acc, w) in enumerate(gates):
@@ -361,17 +408,19 @@ def lstm_layer_kernel(
     # arrive holding x @ W_ih^T + b_ih + b_hh (i, f, g, o) and leave holding the activations
     # (i, f, o, g), and cells [T, B, H], the cell state after each step
     y_ptr, h_n_ptr, c_n_ptr, gates_ptr, cells_ptr,
-    # scratch: the state, double-buffered ([2, B, P], [2, B, H]); r [B, H] = o * tanh(c) (HAS_PROJ)
-    h_state_ptr, c_state_ptr, r_ptr,
+    # scratch: the state, double-buffered ([2, B, P], [2, B, H]); r [B, H] = o * tanh(c) (HAS_PROJ);
+    # a zeroed barrier counter per batch block (H_PROGRAMS > 1)
+    h_state_ptr, c_state_ptr, r_ptr, barrier_ptr,
     # sizes
     T, B,
     H: tl.constexpr, P: tl.constexpr, REVERSE: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
+    H_SLICE: tl.constexpr, H_PROGRAMS: tl.constexpr,
 ):
-    """One LSTM layer in one direction: each program runs all T steps of BLOCK_B sequences."""
+    """One LSTM layer in one direction: each program runs all T steps of BLOCK_B sequences, for
+    H_SLICE of their hidden units."""
 {prologue}{copy_h0}{copy_c0}
-    tl.debug_barrier()
-{step_header}
+{start_sync}{step_header}
         h_prev_ptr = h_state_ptr + (step % 2) * B * P
         h_next_ptr = h_state_ptr + ((step + 1) % 2) * B * P
         c_prev_ptr = c_state_ptr + (step % 2) * B * H
@@ -425,8 +474,8 @@ def lstm_layer_kernel(
                 tl.store(h_next_ptr + seqs[:, None] * P + cols[None, :], tl.where(keep, h, h_old), mask=tile_mask)
                 tl.store(y_ptr + rows[:, None] * P + cols[None, :], _to_output(tl.where(keep, h, 0.0)),
                          mask=tile_mask)
-        tl.debug_barrier()  # the step's state is complete before the next step reads it
-        step += 1
+        # the step's state is complete before the next step reads it
+{step_sync}        step += 1
 {final_h}{final_c}'''
 
 _GRU_FORWARD = '''
@@ -442,17 +491,19 @@ def gru_layer_kernel(
     # holding x @ W_ih^T + b_ih (+ b_hh for r and z) and leave holding the activations (r, z, n),
     # and hn [T, B, H] = h_prev @ W_hn^T + b_hn
     y_ptr, h_n_ptr, gates_ptr, hn_ptr,
-    # scratch: the hidden state, double-buffered [2, B, H]
-    h_state_ptr,
+    # scratch: the hidden state, double-buffered [2, B, H]; a zeroed barrier counter per batch
+    # block (H_PROGRAMS > 1)
+    h_state_ptr, barrier_ptr,
     # sizes
     T, B,
     H: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    H_SLICE: tl.constexpr, H_PROGRAMS: tl.constexpr,
 ):
-    """One GRU layer in one direction: each program runs all T steps of BLOCK_B sequences."""
+    """One GRU layer in one direction: each program runs all T steps of BLOCK_B sequences, for
+    H_SLICE of their hidden units."""
 {prologue}{copy_h0}
-    tl.debug_barrier()
-{step_header}
+{start_sync}{step_header}
         h_prev_ptr = h_state_ptr + (step % 2) * B * H
         h_next_ptr = h_state_ptr + ((step + 1) % 2) * B * H
 {hidden_chunk}
@@ -476,8 +527,8 @@ def gru_layer_kernel(
             tl.store(hn_ptr + rows[:, None] * H + hidden[None, :], hn, mask=tile_mask)
             tl.store(h_next_ptr + seqs[:, None] * H + hidden[None, :], tl.where(keep, h, h_old), mask=tile_mask)
             tl.store(y_ptr + rows[:, None] * H + hidden[None, :], _to_output(tl.where(keep, h, 0.0)), mask=tile_mask)
-        tl.debug_barrier()  # the step's state is complete before the next step reads it
-        step += 1
+        # the step's state is complete before the next step reads it
+{step_sync}        step += 1
 {final_h}'''
 
 _RNN_FORWARD = '''
@@ -491,17 +542,19 @@ def rnn_layer_kernel(
     xproj_ptr,
     # outputs: y [T, B, H], h_n [B, H]
     y_ptr, h_n_ptr,
-    # scratch: the hidden state, double-buffered [2, B, H]
-    h_state_ptr,
+    # scratch: the hidden state, double-buffered [2, B, H]; a zeroed barrier counter per batch
+    # block (H_PROGRAMS > 1)
+    h_state_ptr, barrier_ptr,
     # sizes
     T, B,
     H: tl.constexpr, REVERSE: tl.constexpr, RELU: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    H_SLICE: tl.constexpr, H_PROGRAMS: tl.constexpr,
 ):
-    """One Elman RNN layer in one direction: each program runs all T steps of BLOCK_B sequences."""
+    """One Elman RNN layer in one direction: each program runs all T steps of BLOCK_B sequences,
+    for H_SLICE of their hidden units."""
 {prologue}{copy_h0}
-    tl.debug_barrier()
-{step_header}
+{start_sync}{step_header}
         h_prev_ptr = h_state_ptr + (step % 2) * B * H
         h_next_ptr = h_state_ptr + ((step + 1) % 2) * B * H
 {hidden_chunk}
@@ -514,8 +567,8 @@ def rnn_layer_kernel(
             h_old = tl.load(h_prev_ptr + seqs[:, None] * H + hidden[None, :], mask=tile_mask, other=0.0)
             tl.store(h_next_ptr + seqs[:, None] * H + hidden[None, :], tl.where(keep, h, h_old), mask=tile_mask)
             tl.store(y_ptr + rows[:, None] * H + hidden[None, :], _to_output(tl.where(keep, h, 0.0)), mask=tile_mask)
-        tl.debug_barrier()  # the step's state is complete before the next step reads it
-        step += 1
+        # the step's state is complete before the next step reads it
+{step_sync}        step += 1
 {final_h}'''
 
 
@@ -530,7 +583,8 @@ def _scan_source(template, compute, out_dtype, states, final_states, **pieces) -
     """A scan template with its prologue, step header, state copies, epilogue and `pieces`
     filled in. states: (input, scratch, size, block) per state; final_states: (scratch, output,
     size, block)."""
-    pieces = dict(dict(prologue=_SCAN_PROLOGUE, step_header=_STEP_HEADER, hidden_chunk=_HIDDEN_CHUNK), **pieces)
+    pieces = dict(dict(prologue=_SCAN_PROLOGUE, step_header=_STEP_HEADER, hidden_chunk=_hidden_chunk(True),
+                       start_sync=_grid_sync(4, "0"), step_sync=_grid_sync(8, "step + 1")), **pieces)
     for name, (src, dst, size, block) in states.items():
         pieces[name] = _copy_state(src, dst, size, block)
     for name, (src, dst, size, block) in final_states.items():
@@ -560,17 +614,19 @@ def _lstm_forward(call, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, revers
     y, h_n, c_n = (_output(call, j, shape, out_dtype) for j, shape in zip(outputs, ((T, B, P), (B, P), (B, H))))
     h_state, c_state = call.empty((2, B, P), compute), call.empty((2, B, H), compute)
     r = call.empty((B, H), compute) if w_hr is not None else h_state
-    blocks = scan_blocks(B, H, P)
+    # (a projection needs every hidden unit of a step before it: one program owns them all)
+    blocks, grid, barrier, split = scan_split(call, B, H, can_split=w_hr is None)
+    blocks["BLOCK_P"] = block_size(P, high=32)
     source = _scan_source(_LSTM_FORWARD, compute, out_dtype,
                           dict(copy_h0=("h0", "h_state", "P", "BLOCK_P"), copy_c0=("c0", "c_state", "H", "BLOCK_H")),
                           dict(final_h=("h_state", "h_n", "P", "BLOCK_P"), final_c=("c_state", "c_n", "H", "BLOCK_H")),
                           recurrent=_recurrent_matmul("P", [("pre_i", "w_i"), ("pre_f", "w_f"), ("pre_g", "w_g"),
                                                             ("pre_o", "w_o")]))
     kernel = call.kernel("lstm_layer_kernel", source)
-    call.launch(kernel, (_cdiv(B, blocks["BLOCK_B"]),),
+    call.launch(kernel, grid,
                 h0, *_strides(h0), c0, *_strides(c0), w_hh, *_strides(w_hh), *_operand(w_hr, h0, 2),
-                *_operand(lengths, h0, 1), y, h_n, c_n, gates, cells, h_state, c_state, r, T, B, H=H, P=P,
-                REVERSE=reverse, HAS_PROJ=w_hr is not None, HAS_LENGTHS=lengths is not None, **blocks)
+                *_operand(lengths, h0, 1), y, h_n, c_n, gates, cells, h_state, c_state, r, barrier, T, B, H=H, P=P,
+                REVERSE=reverse, HAS_PROJ=w_hr is not None, HAS_LENGTHS=lengths is not None, **blocks, **split)
     return y, h_n, c_n, workspace
 
 
@@ -582,16 +638,16 @@ def _gru_forward(call, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, outputs)
     _sequence_matmul(call, "gru_layer_input_projection_kernel", x, w_ih, True, gates, b_ih, b_hh, 2 * H)
     y, h_n = (_output(call, j, shape, out_dtype) for j, shape in zip(outputs, ((T, B, H), (B, H))))
     h_state = call.empty((2, B, H), compute)
-    blocks = scan_blocks(B, H)
+    blocks, grid, barrier, split = scan_split(call, B, H)
     source = _scan_source(_GRU_FORWARD, compute, out_dtype, dict(copy_h0=("h0", "h_state", "H", "BLOCK_H")),
                           dict(final_h=("h_state", "h_n", "H", "BLOCK_H")),
                           recurrent=_recurrent_matmul("H", [("pre_r", "w_r"), ("pre_z", "w_z"), ("hn", "w_n")]))
     kernel = call.kernel("gru_layer_kernel", source)
-    call.launch(kernel, (_cdiv(B, blocks["BLOCK_B"]),),
+    call.launch(kernel, grid,
                 h0, *_strides(h0), w_hh, *_strides(w_hh), *_operand(b_hh, h0, 1), *_operand(lengths, h0, 1),
-                y, h_n, gates, hn, h_state, T, B, H=H,
+                y, h_n, gates, hn, h_state, barrier, T, B, H=H,
                 REVERSE=reverse, HAS_BIAS=b_hh is not None, HAS_LENGTHS=lengths is not None,
-                **blocks)
+                **blocks, **split)
     return y, h_n, workspace
 
 
@@ -604,14 +660,14 @@ def _rnn_forward(call, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinea
     xproj = y if y.dtype == compute else call.empty((T, B, H), compute)
     _sequence_matmul(call, "rnn_layer_input_projection_kernel", x, w_ih, True, xproj, b_ih, b_hh, H)
     h_state = call.empty((2, B, H), compute)
-    blocks = scan_blocks(B, H)
+    blocks, grid, barrier, split = scan_split(call, B, H)
     source = _scan_source(_RNN_FORWARD, compute, out_dtype, dict(copy_h0=("h0", "h_state", "H", "BLOCK_H")),
                           dict(final_h=("h_state", "h_n", "H", "BLOCK_H")), recurrent=_recurrent_matmul("H", [("pre", "w")]))
     kernel = call.kernel("rnn_layer_kernel", source)
-    call.launch(kernel, (_cdiv(B, blocks["BLOCK_B"]),),
-                h0, *_strides(h0), w_hh, *_strides(w_hh), *_operand(lengths, h0, 1), xproj, y, h_n, h_state,
+    call.launch(kernel, grid,
+                h0, *_strides(h0), w_hh, *_strides(w_hh), *_operand(lengths, h0, 1), xproj, y, h_n, h_state, barrier,
                 T, B, H=H, REVERSE=reverse, RELU=nonlinearity == "relu", HAS_LENGTHS=lengths is not None,
-                **blocks)
+                **blocks, **split)
     return y, h_n, workspace
 
 
@@ -762,8 +818,7 @@ def lstm_layer_backward_kernel(
 ):
     """Backpropagation through time for one LSTM layer direction, BLOCK_B sequences per program."""
 {prologue}{copy_dh}{copy_dc}
-    tl.debug_barrier()
-{step_header}
+{start_sync}{step_header}
         dh_read_ptr = dh_state_ptr + (step % 2) * B * P
         dh_write_ptr = dh_state_ptr + ((step + 1) % 2) * B * P
         dc_read_ptr = dc_state_ptr + (step % 2) * B * H
@@ -848,8 +903,7 @@ def gru_layer_backward_kernel(
 ):
     """Backpropagation through time for one GRU layer direction, BLOCK_B sequences per program."""
 {prologue}{copy_dh}
-    tl.debug_barrier()
-{step_header}
+{start_sync}{step_header}
         dh_read_ptr = dh_state_ptr + (step % 2) * B * H
         dh_write_ptr = dh_state_ptr + ((step + 1) % 2) * B * H
         # the hidden state step t started from: y at the step before where it ran, else h0
@@ -914,8 +968,7 @@ def rnn_layer_backward_kernel(
 ):
     """Backpropagation through time for one Elman RNN layer direction, BLOCK_B sequences per program."""
 {prologue}{copy_dh}
-    tl.debug_barrier()
-{step_header}
+{start_sync}{step_header}
         dh_read_ptr = dh_state_ptr + (step % 2) * B * H
         dh_write_ptr = dh_state_ptr + ((step + 1) % 2) * B * H
 {hidden_chunk}
@@ -934,7 +987,7 @@ def rnn_layer_backward_kernel(
 def _backward_source(template, compute, out_dtype, states, final_states, **pieces) -> str:
     """A backward scan template filled in as `_scan_source` does, with the backward step header."""
     return _scan_source(template, compute, out_dtype, states, final_states, step_header=_BACKWARD_STEP_HEADER,
-                        **pieces)
+                        hidden_chunk=_hidden_chunk(False), start_sync="    tl.debug_barrier()\n", **pieces)
 
 
 @emitter("lstm_layer_backward")

@@ -18,7 +18,12 @@ def as_view(name, inputs, attrs):
         except ValueError:  # incompatible strides: reshape copies
             return None
     if name == "getitem" and len(inputs) == 1:
-        return x[attrs["index"]] if _basic(attrs["index"]) else None
+        index = attrs["index"]
+        if not _basic(index):
+            return None
+        keys = index if isinstance(index, tuple) else (index,)
+        # An Ellipsis keeps NumPy from reading the element when every key is an int: a 0-dim view.
+        return x[keys if Ellipsis in keys else keys + (Ellipsis,)]
     return None
 
 

@@ -5,6 +5,8 @@ smaller), replicates the module on the devices used, runs the replicas in parall
 per device) and gathers their outputs on `output_device`. The replicas' parameters are
 differentiable copies of the module's, so on backward the gradients of all replicas sum into the
 module's parameters. With one device the inputs are moved there and the module called.
+The replicas of a compiled module share its compiled graphs: a guard set is traced once per
+device, on the first call that needs it (tracefuse/tracer/api.py).
 
 As in PyTorch, with no GPU visible it is a transparent wrapper: `forward` calls the module, and
 the module stays registered as `module` (state-dict keys gain the `module.` prefix).

@@ -8,6 +8,9 @@ the parameters' own device is the parameter itself. Buffers that do not require 
 detached, the first replica sharing the original's buffers, so in-place updates made on
 `devices[0]` (BatchNorm's running statistics) reach the original module. A replica's parameters
 are plain tensor attributes: `replica.parameters()` is empty, as in PyTorch.
+
+A module may make its own replica with `_replicate_for_data_parallel()`: a compiled module does, so
+that its replicas share its compiled graphs (tracefuse/tracer/api.py).
 """
 from __future__ import annotations
 
@@ -30,10 +33,13 @@ def _broadcast_coalesced_reshape(tensors, devices, detach=False):
 
 
 def _replicate_module(module: Module) -> Module:
-    """A shallow copy of `module` that holds no parameters of its own (Module._replicate_for_data_parallel)."""
     own = getattr(module, "_replicate_for_data_parallel", None)
-    if own is not None:
-        return own()
+    return own() if own is not None else shallow_replica(module)
+
+
+def shallow_replica(module: Module) -> Module:
+    """A shallow copy of `module` that holds no parameters of its own (torch's
+    Module._replicate_for_data_parallel); `replicate` then gives it its copies and children."""
     replica = module.__new__(type(module))
     replica.__dict__ = module.__dict__.copy()
     replica._parameters = {}
