@@ -524,8 +524,10 @@ def run_cases(report, section, cases, budget_s):
 
 def run_gpu_tests(report, timeout_s):
     """`pytest -m gpu` in a subprocess (xdist workers when installed), killed after timeout_s."""
-    workers = ["-n", str(min(4, os.cpu_count() or 1))] if importlib.util.find_spec("xdist") else []
-    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *workers, "tests"]
+    # Compiling kernels is what takes the time: one worker per two cores; a hung test prints its stack.
+    workers = ["-n", str(max(1, min(8, (os.cpu_count() or 2) // 2)))] if importlib.util.find_spec("xdist") else []
+    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "--tb=short",
+               "-o", "faulthandler_timeout=90", *workers, "tests"]
     report.log("$ " + " ".join(command))
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -31,6 +31,7 @@ import itertools
 import struct
 import threading
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -208,6 +209,23 @@ def fake_cubin(*names: str) -> bytes:
     header[:5] = b"\x7fELF\x02"
     struct.pack_into("<Q", header, 0x28, 64 + len(payload))  # e_shoff: the image ends there (no sections)
     return bytes(header) + payload
+
+
+class StandInTriton:
+    """A stand-in for `aot.compile_function` (Triton): records each build and returns a
+    CompiledKernel-like object whose metadata is `meta` (Triton's fields: warps, shared bytes,
+    scratch sizes...) and whose cubin is a `fake_cubin` naming the kernel."""
+
+    def __init__(self):
+        self.builds: list = []
+        self.meta = dict(num_warps=4, num_ctas=1, shared=1024, global_scratch_size=0, global_scratch_align=1,
+                         profile_scratch_size=0, profile_scratch_align=1, launch_cooperative_grid=False)
+
+    def __call__(self, fn, signature, constexprs, arch, attrs=None):
+        self.builds.append(SimpleNamespace(signature=dict(signature), constexprs=dict(constexprs), arch=arch,
+                                           attrs=attrs))
+        metadata = SimpleNamespace(name=fn.__name__, **self.meta)
+        return SimpleNamespace(metadata=metadata, asm={"cubin": fake_cubin("other_kernel", fn.__name__)})
 
 
 class FakeDriver:

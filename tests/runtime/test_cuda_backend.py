@@ -26,7 +26,7 @@ pytest.importorskip("cuda", reason="cuda-python is not installed")
 
 import tracefuse as tf  # noqa: E402
 from tests.runtime import fake_driver  # noqa: E402
-from tests.runtime.fake_driver import LAUNCH_MS, FakeDriver, fake_cubin  # noqa: E402
+from tests.runtime.fake_driver import LAUNCH_MS, FakeDriver, StandInTriton, fake_cubin  # noqa: E402
 from tracefuse.codegen.triton import aot  # noqa: E402
 from tracefuse.runtime import cuda as cuda_runtime  # noqa: E402
 from tracefuse.runtime import devices  # noqa: E402
@@ -238,8 +238,6 @@ def test_copy_between_logical_devices_of_one_gpu(backend, fake, rng):
     assert {stream for stream, _ in fake.waits} == streams  # each side waits for the other's work
 
 
-@pytest.mark.xfail(strict=True, reason="cuda.py bug: CudaBackend._order records its event on the source's "
-                   "stream while the target's context is current (cuEventRecord: CUDA_ERROR_INVALID_HANDLE)")
 def test_copy_between_two_gpus_is_a_peer_copy(rng):
     fake = FakeDriver(gpus=2)
     backend = backend_on(fake, virtual=None)
@@ -342,22 +340,6 @@ class StandInKernel:
     fn = SimpleNamespace(arg_names=[*SIGNATURE, "BLOCK"], __name__="scale_kernel")
 
 
-class StandInTriton:
-    """aot.compile_function replaced: records each build and returns a CompiledKernel-like object
-    whose metadata is `meta` (as Triton's: warps, shared bytes, scratch sizes) and a fake cubin."""
-
-    def __init__(self):
-        self.builds: list = []
-        self.meta = dict(num_warps=4, num_ctas=1, shared=1024, global_scratch_size=0, global_scratch_align=1,
-                         profile_scratch_size=0, profile_scratch_align=1, launch_cooperative_grid=False)
-
-    def __call__(self, fn, signature, constexprs, arch, attrs=None):
-        self.builds.append(SimpleNamespace(signature=dict(signature), constexprs=dict(constexprs), arch=arch,
-                                           attrs=attrs))
-        metadata = SimpleNamespace(name=fn.__name__, **self.meta)
-        return SimpleNamespace(metadata=metadata, asm={"cubin": fake_cubin("other_kernel", fn.__name__)})
-
-
 @pytest.fixture
 def triton(monkeypatch, fake):
     stand_in = StandInTriton()
@@ -412,7 +394,7 @@ def test_each_gpu_loads_the_kernel_into_its_own_context(triton):
 def test_the_module_gets_the_whole_cubin(backend, fake, triton):
     _launch(backend)
     (image,) = [data for _, data in fake.images.values()]
-    assert image == fake_cubin("other_kernel", "scale_kernel")
+    assert image == fake_cubin("other_kernel", "scale_kernel")  # as StandInTriton builds it
 
 
 def test_another_alignment_or_type_compiles_again(backend, fake, triton):
@@ -451,9 +433,9 @@ def test_large_shared_memory_is_opted_into(backend, fake, triton):
 
 def test_a_cooperative_kernel_is_launched_cooperatively(backend, fake, triton):
     triton.meta.update(launch_cooperative_grid=True)
-    _launch(backend)
+    x = _launch(backend)
     assert fake.count("cuLaunchCooperativeKernel") == 1 and fake.launches[0].cooperative
-    assert fake.launches[0].params[:2] == [fake.launches[0].params[0], 7]
+    assert fake.launches[0].params == [address(x), 7, 2**40, 1.5, 0, 0]
 
 
 def test_thread_block_clusters_are_refused(backend, triton):
@@ -501,8 +483,6 @@ def test_a_launch_the_driver_refuses(backend, fake, triton):
         _launch(backend)
 
 
-@pytest.mark.xfail(strict=True, reason="cuda.py bug: CudaBackend._checked_sync always reports devices[0]'s "
-                   "kernels, whichever device's stream or event failed")
 def test_a_kernel_fault_on_the_second_device_names_its_kernels(backend, fake, triton):
     _launch(backend, CUDA1)
     fake.fail("cuStreamSynchronize", "CUDA_ERROR_ILLEGAL_ADDRESS")
@@ -537,16 +517,12 @@ def test_copies_to_the_host_cannot_be_captured(backend):
     np.testing.assert_array_equal(backend.to_host(on_device, CUDA0), np.ones(3))  # no capture left behind
 
 
-@pytest.mark.xfail(strict=True, reason="cuda.py bug: synchronize() does not check for a capture (Backend.capture "
-                   "promises CaptureError); the driver's error breaks the capture instead")
 def test_synchronizing_a_device_being_captured_is_refused(backend):
     with pytest.raises(CaptureError, match="cannot be recorded into a CUDA graph"):
         with backend.capture(CUDA0):
             backend.synchronize()
 
 
-@pytest.mark.xfail(strict=True, reason="cuda.py bug: copy_between checks only the source for a capture, so a "
-                   "copy into a device being captured joins the source's stream into that capture")
 def test_a_copy_into_a_device_being_captured_is_refused(backend):
     on_device = backend.from_host(np.ones(3), CUDA0)
     with pytest.raises(CaptureError, match="a copy between devices cannot be recorded"):
@@ -613,8 +589,6 @@ def test_memory_allocated_before_a_capture_is_not_used_inside_it(backend):
     del graph
 
 
-@pytest.mark.xfail(strict=True, reason="cuda.py bug: a capture that raises never closes its memory pool, so "
-                   "the blocks allocated inside it are neither reused nor freed by empty_cache")
 def test_memory_of_a_failed_capture_is_not_lost(backend, fake):
     with pytest.raises(CaptureError):
         with backend.capture(CUDA0):
@@ -671,8 +645,6 @@ def test_event_query_and_synchronize(installed, fake):
     assert fake.args_of("cuEventSynchronize") == [(event.handle,)]
 
 
-@pytest.mark.xfail(strict=True, reason="cuda.py bug: CudaBackend.event_query reads every error as 'not ready' "
-                   "(a kernel fault surfacing there is lost)")
 def test_event_query_raises_a_kernel_fault(installed, fake):
     event = tf.cuda.Event()
     event.record()
@@ -801,19 +773,14 @@ def test_a_real_kernel_for_sm90_is_launched_with_tritons_metadata(tmp_path):
 # --- tracefuse on the fake GPU: device memory is never read on the host ------------------------------
 
 _WORKLOAD = textwrap.dedent('''
-    from types import SimpleNamespace
     import tracefuse as tf
     from tracefuse import nn
     from tracefuse.codegen.triton import aot
     from tracefuse.runtime import devices
     from tracefuse.runtime.cuda import CudaBackend, Driver
-    from tests.runtime.fake_driver import FakeDriver, fake_cubin
+    from tests.runtime.fake_driver import FakeDriver, StandInTriton
 
-    def stand_in(fn, signature, constexprs, arch, attrs=None):
-        meta = SimpleNamespace(name=fn.__name__, num_warps=4, num_ctas=1, shared=0, launch_cooperative_grid=False)
-        return SimpleNamespace(metadata=meta, asm={"cubin": fake_cubin(fn.__name__)})
-
-    aot.compile_function = stand_in  # kernels are launched (recorded), never run
+    aot.compile_function = StandInTriton()  # kernels are launched (recorded), never run
     fake = FakeDriver(protect=True)
     devices._backend = CudaBackend(virtual=2, driver=Driver(fake))
     tf.manual_seed(0)

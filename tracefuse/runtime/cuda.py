@@ -346,6 +346,7 @@ class CudaBackend(Backend):
         self._compiled: dict = {}  # (kernel, signature, constexprs, attrs, arch) -> Triton CompiledKernel
         self._loaded: dict = {}  # (compiled key, GPU ordinal) -> _Loaded
         self._compile_lock = threading.Lock()
+        self._owners = {int(d.stream): d for d in self.devices}  # stream/event handle -> its logical device
         self._enable_peer_access(handles, contexts)
 
     def _enable_peer_access(self, handles, contexts):
@@ -395,11 +396,12 @@ class CudaBackend(Backend):
 
     def new_stream(self, device, priority=0):
         self._enter(device)
-        return self.driver("cuStreamCreateWithPriority", 1, priority)
+        return self._own(self.driver("cuStreamCreateWithPriority", 1, priority), device)
 
     def new_event(self, device, enable_timing):
         self._enter(device)
-        return self.driver("cuEventCreate", 0 if enable_timing else 0x02)  # CU_EVENT_DISABLE_TIMING
+        event = self.driver("cuEventCreate", 0 if enable_timing else 0x02)  # CU_EVENT_DISABLE_TIMING
+        return self._own(event, device)
 
     def record_event(self, event, device, stream=None):
         self._enter(device)
@@ -410,7 +412,19 @@ class CudaBackend(Backend):
 
     def event_query(self, event) -> bool:
         err, = self.driver.api.cuEventQuery(event)
-        return err == self.driver.success
+        if err == self.driver.api.CUresult.CUDA_ERROR_NOT_READY:
+            return False
+        if err != self.driver.success:
+            raise self._fault(CudaError("cuEventQuery", getattr(err, "name", str(err))), self._owner_of(event))
+        return True
+
+    def _own(self, handle, device):
+        """`handle` (a stream or event) belongs to `device`: its errors name that device's kernels."""
+        self._owners[int(handle)] = self.devices[device.index]
+        return handle
+
+    def _owner_of(self, handle):
+        return self._owners.get(int(handle), self.devices[0])
 
     def event_elapsed(self, start, end) -> float:
         return float(self.driver("cuEventElapsedTime", start, end))
@@ -421,10 +435,12 @@ class CudaBackend(Backend):
     def stream_wait_event(self, stream, event):
         self.driver("cuStreamWaitEvent", stream, event, 0)
 
-    def _order(self, later, earlier):
-        """Work queued on stream `later` from now on runs after what `earlier` holds now."""
+    def _order(self, later, earlier, earlier_device):
+        """Work queued on stream `later` from now on runs after what `earlier` (a stream of
+        `earlier_device`) holds now; the event is made in `earlier`'s context, as cuEventRecord requires."""
         if later is earlier:
             return
+        self._activate(earlier_device)
         event = self.driver("cuEventCreate", 0x02)
         self.driver("cuEventRecord", event, earlier)
         self.driver("cuStreamWaitEvent", later, event, 0)
@@ -467,19 +483,21 @@ class CudaBackend(Backend):
 
     def copy_between(self, array, source, target):
         self._no_capture(source, "a copy between devices")
+        self._no_capture(target, "a copy between devices")
         array = self._contiguous(array, source)
         out = self.empty(array.shape, array.dtype, target)
         if not out.size:
             return out
-        src, dst = self.devices[source.index], self._enter(target)
+        src, dst = self.devices[source.index], self.devices[target.index]
         src_stream, dst_stream = self.stream_of(source), self.stream_of(target)
-        self._order(src_stream, dst_stream)  # the new block may still be in use by work queued before
+        self._order(src_stream, dst_stream, dst)  # the new block may still be in use by work queued before
+        self._activate(src)
         if src.context is dst.context:
             self.driver("cuMemcpyDtoDAsync", self.pointer(out), self.pointer(array), out.nbytes, src_stream)
         else:
             self.driver("cuMemcpyPeerAsync", self.pointer(out), dst.context, self.pointer(array), src.context,
                         out.nbytes, src_stream)
-        self._order(dst_stream, src_stream)  # the target's work reads the copy after it is done
+        self._order(dst_stream, src_stream, src)  # the target's work reads the copy after it is done
         return out
 
     def _contiguous(self, array, device):
@@ -516,6 +534,8 @@ class CudaBackend(Backend):
             self.driver(call, loaded.function, gx * loaded.num_ctas, gy, gz, 32 * loaded.num_warps, 1, 1,
                         loaded.shared, stream, ctypes.addressof(params), *extra)
         except CudaError as exc:
+            if self._capturing(device) is not None:
+                raise CaptureError(f"{kernel.name} ({call}) cannot be recorded into a CUDA graph: {exc.code}") from exc
             raise self._fault(exc, d) from None
         del scratch  # back to the allocator, stream-ordered after this launch
 
@@ -547,13 +567,11 @@ class CudaBackend(Backend):
         try:
             self.driver(call, handle)
         except CudaError as exc:
-            for d in self.devices:
-                if exc.code in _KERNEL_FAULTS:
-                    raise self._fault(exc, d) from None
-            raise
+            raise self._fault(exc, self._owner_of(handle)) from None
 
     def synchronize(self, device=None):
         for d in self.devices if device is None else [self.devices[device.index]]:
+            self._no_capture(d, "a synchronization")
             self._activate(d)
             try:
                 self.driver("cuCtxSynchronize")
@@ -586,7 +604,13 @@ class CudaBackend(Backend):
                     with contextlib.suppress(CudaError):
                         self.driver("cuGraphDestroy", self.driver("cuStreamEndCapture", stream))
                     raise
-                graph.instantiate(self.driver("cuStreamEndCapture", stream))
+                try:
+                    graph.instantiate(self.driver("cuStreamEndCapture", stream))
+                except CudaError as exc:
+                    raise CaptureError(f"the captured work cannot form a CUDA graph: {exc}") from exc
+        except BaseException:
+            d.allocator.close_pool(graph.pool)  # no graph will replay into it
+            raise
         finally:
             del capturing[device.index]
 

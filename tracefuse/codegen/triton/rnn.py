@@ -300,6 +300,7 @@ def _backward_gemms(call, op, dgates_in, dgates_hid, x, w_ih, y, h0, lengths, re
 _SCAN_PROLOGUE = '''
     pid = tl.program_id(0)
     pid_h = tl.program_id(1)  # which H_SLICE hidden units of those sequences it computes
+    spins = 0  # barrier waits so far: bounded, so a program that never arrives cannot hang the GPU
     seqs = pid * BLOCK_B + tl.arange(0, BLOCK_B)  # the sequences this program owns
     seq_mask = seqs < B
     if HAS_LENGTHS:
@@ -367,8 +368,7 @@ def _grid_sync(indent, index):
              "if H_PROGRAMS > 1:",
              "    tl.atomic_add(barrier_ptr + pid, 1, sem=\"release\")",
              "    arrived = tl.atomic_add(barrier_ptr + pid, 0, sem=\"acquire\")",
-             "    spins = 0  # bounded: a program that never arrives gives wrong results, not a hung GPU",
-             f"    while (arrived < ({index} + 1) * H_PROGRAMS) & (spins < 50000000):",
+             f"    while (arrived < ({index} + 1) * H_PROGRAMS) & (spins < 20000000):",
              "        arrived = tl.atomic_add(barrier_ptr + pid, 0, sem=\"acquire\")",
              "        spins += 1",
              "    tl.debug_barrier()"]
