@@ -8,7 +8,7 @@ import pytest
 
 import tracefuse as tf
 import tracefuse.nn.functional as F
-from conftest import assert_device_matches, to_numpy
+from conftest import ON_GPU, assert_device_matches, to_numpy
 from tracefuse.codegen.triton import recording
 from tracefuse.dispatch import dispatch
 from tracefuse.ir.ops import TensorSlot
@@ -187,6 +187,8 @@ SCATTER_INDEX = tf.tensor([[0, 2, 2, 1], [3, 3, 0, 0], [1, 1, 1, 1]])  # repeats
 @pytest.mark.parametrize("reduce", [None, "add", "multiply"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_scatter(reduce, dtype):
+    if ON_GPU and reduce is None:
+        pytest.skip("SCATTER_INDEX repeats indices: which write wins is unspecified on a GPU (as in PyTorch)")
     x, src = randn(3, 5, dtype=dtype, scale=3), randn(3, 6, dtype=dtype, scale=3)
     rtol = 1e-2 if dtype in (tf.float16, tf.bfloat16) else 1e-12
     assert_device_matches(lambda x, i, s: x.scatter(1, i, s, reduce=reduce), x, SCATTER_INDEX, src, rtol=rtol, atol=rtol)
@@ -278,7 +280,8 @@ def test_setitem(dtype):
 def test_index_put_accumulate_with_repeats(dtype):
     x, values = randn(4, 5, dtype=dtype, scale=3), randn(3, 5, dtype=dtype, scale=3)
     rtol = 1e-2 if dtype in (tf.float16, tf.bfloat16) else 1e-12
-    for accumulate in (False, True):
+    # (without accumulate, which repeated write wins is unspecified on a GPU, as in PyTorch)
+    for accumulate in (True,) if ON_GPU else (False, True):
         assert_device_matches(lambda x, v, i: dispatch("index_put", x, v, i, index=(TensorSlot(0),), accumulate=accumulate),
                               x, values, tf.tensor([2, 0, 2]), rtol=rtol, atol=rtol)
         assert_device_matches(lambda x, v, i: dispatch("index_put", x, v, i, i, index=(TensorSlot(0), TensorSlot(1)),

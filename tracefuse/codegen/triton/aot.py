@@ -41,7 +41,7 @@ from .kernel import cache_dir, code_of
 
 DEFAULT_ARCHS = (80, 90)
 # Launch options a record may carry among its keyword arguments: not constexprs, compile options.
-_OPTION_NAMES = ("num_warps", "num_stages", "num_ctas", "maxnreg", "launch_cooperative_grid")
+_OPTION_NAMES = ("num_warps", "num_stages", "num_ctas", "maxnreg", "launch_cooperative_grid", "enable_fp_fusion")
 
 
 @dataclass
@@ -205,6 +205,9 @@ def compile_function(fn, signature: dict, constexprs: dict, arch: int, attrs=Non
 
     constexprs = dict(constexprs)
     options = {name: constexprs.pop(name) for name in _OPTION_NAMES if name in constexprs}
+    # No a * b + c contracted into one rounding: each operation rounds as NumPy's does, so device
+    # results match the CPU's (and the interpreter's) to the bit where the CPU's do.
+    options.setdefault("enable_fp_fusion", False)
     missing = [a for a in fn.arg_names if a not in constexprs and a not in signature]
     if missing:
         raise TypeError(f"kernel {fn.__name__}: no signature for argument(s) {', '.join(missing)}")

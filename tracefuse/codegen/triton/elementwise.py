@@ -167,21 +167,15 @@ def _float_pow(s: _Scope, x: str, y: str) -> str:
 
 
 def _int_pow(s: _Scope, x: str, e: str) -> str:
-    """Integer power by squaring over the exponent's 63 value bits, wrapping as the CPU does: the
-    product so far and the current square are the only values alive from one bit to the next.
-    Negative exponents give 1 ** e = 1, (-1) ** e = +-1 and 0 otherwise (PyTorch's integer pow;
-    the CPU raises, which a kernel cannot)."""
-    def squares(e64):
-        def level(bit, square, product):
-            if bit == 62:
-                return f"{product} * tl.where((({e64} >> {bit}) & 1) != 0, {square}, 1)"
-            return s.let("p", f"{product} * tl.where((({e64} >> {bit}) & 1) != 0, {square}, 1)", lambda p: s.let(
-                "sq", f"{square} * {square}", lambda sq: level(bit + 1, sq, p)))
+    """Integer power by squaring (kernel.py's `wrapping_integer_power` helper), wrapping as the
+    CPU does. Negative exponents give 1 ** e = 1, (-1) ** e = +-1 and 0 otherwise (PyTorch's
+    integer pow; the CPU raises, which a kernel cannot)."""
+    def powers(e64):
         parity = f"tl.where(({e64} & 1) != 0, {x}, 1)"
         # x + 1 == 0 also finds 2^k - 1, which is -1 modulo 2^k in unsigned types
         negative = f"tl.where({x} == 1, 1, tl.where({x} + 1 == 0, {parity}, 0))"
-        return f"tl.where({e64} < 0, {negative}, {level(0, x, f'tl.where(True, 1, {x})')})"
-    return s.let("e", f"{e}.to(tl.int64)", squares)
+        return f"tl.where({e64} < 0, {negative}, wrapping_integer_power({x}, {e64}))"
+    return s.let("e", f"{e}.to(tl.int64)", powers)
 
 
 def _pow(a, arg, attrs) -> str:

@@ -49,6 +49,18 @@ def round_to_bfloat16(x):
     rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
     return tl.where(x == x, rounded, 0x7FC0).to(tl.uint16).to(tl.bfloat16, bitcast=True)
 ''',
+    "wrapping_integer_power": '''
+@triton.jit
+def wrapping_integer_power(x, e):
+    # x ** e for an int64 e >= 0, by squaring over its 63 value bits, wrapping in x's type (as the
+    # CPU does); a loop, not one nested expression (Python 3.12 cannot compile ~130 nested levels)
+    product = tl.where(True, 1, x)
+    square = x
+    for bit in tl.static_range(63):
+        product = product * tl.where(((e >> bit) & 1) != 0, square, 1)
+        square = square * square
+    return product
+''',
 }
 
 

@@ -135,10 +135,11 @@ def _matmul(call, a, b, bias, activation, product_dtype, out_dtype):
     compute = _accumulator(product_dtype)
     dot = compute.kind == "f"
     BLOCK_M, BLOCK_N, BLOCK_K, num_warps = block_sizes(M, N, K, dot)
-    # float16 operands of a float16 product go to tl.dot as they are (their products are exact in
-    # the float32 accumulator); anything else is converted to the compute type first (bfloat16
-    # too: Triton's interpreter cannot multiply bfloat16 blocks; the conversion is exact)
-    native = a.dtype == b.dtype == product_dtype == np.float16
+    # half operands of a half product go to tl.dot as they are, into the tensor cores (their
+    # products are exact in the float32 accumulator); anything else is converted to the compute
+    # type first (bfloat16 too under Triton's interpreter, which cannot multiply bfloat16 blocks;
+    # the conversion is exact)
+    native = a.dtype == b.dtype == product_dtype and native_half_dot(call, product_dtype)
     wide = any(x.size > INT32_LIMIT or _span(x) > INT32_LIMIT for x in operands)
     name = "matmul_kernel" if bias is None and activation is None else "matmul_epilogue_kernel"
     source = _source(name, len(batch_sizes), bias is not None, activation, compute, product_dtype, out_dtype,
@@ -167,6 +168,13 @@ def _rounded(value: str, computed, dtype, compute) -> str:
 
 def _span(x) -> int:
     return 1 + sum((n - 1) * abs(s) // x.itemsize for n, s in zip(x.shape, x.strides)) if x.size else 0
+
+
+def native_half_dot(call, dtype) -> bool:
+    """Whether `dtype` blocks can go into tl.dot as they are on `call`'s device: float16 always,
+    bfloat16 on a GPU (Triton's interpreter multiplies bfloat16 blocks wrongly)."""
+    name = np.dtype(dtype).name
+    return name == "float16" or (name == "bfloat16" and call.backend.name != "interpret")
 
 
 def _source(name, n_batch, has_bias, activation, compute, product_dtype, out_dtype, dot, native, wide) -> str:

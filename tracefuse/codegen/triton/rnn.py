@@ -40,9 +40,9 @@ import numpy as np
 
 from ... import dtypes
 from ...ir.shapes import WORKSPACE_WIDTH
-from .creation import fill
 from .heuristics import block_size
 from .launch import emitter, tl_type
+from .matmul import native_half_dot
 from .pointwise import store_cast
 
 
@@ -74,10 +74,22 @@ def scan_split(call, batch, hidden, can_split=True):
     constexprs = dict(H_SLICE=chunks_per_program * blocks["BLOCK_H"], H_PROGRAMS=programs)
     if programs > 1:
         constexprs["launch_cooperative_grid"] = True
-        barrier = fill(call, (batch_blocks,), 0, dtypes.int32)
-    else:
-        barrier = call.empty((1,), np.int32)  # never read
+    barrier = _barrier_counters(call, batch_blocks) if programs > 1 else call.empty((1,), np.int32)  # (never read)
     return blocks, (batch_blocks, programs), barrier, constexprs
+
+
+_BARRIERS: dict = {}  # (backend, device index) -> barrier counters, zero between scans
+
+
+def _barrier_counters(call, count):
+    """Zeroed int32 counters for `count` batch blocks, kept per device: a scan leaves them zero
+    again as it ends (its last program out resets them), so no launch clears them. Scans on one
+    device run one after another on its stream (a CUDA graph's replays too)."""
+    key = (id(call.backend), call.device.index)
+    counters = _BARRIERS.get(key)
+    if counters is None or counters.size < count:
+        counters = _BARRIERS[key] = call.backend.from_host(np.zeros(max(count, 64), np.int32), call.device)
+    return counters
 
 
 def gemm_blocks(m, n, k) -> dict:
@@ -174,10 +186,10 @@ def {name}(
         ks = k0 + tl.arange(0, BLOCK_K)
         k_mask = ks < K
         a_tile = tl.load(a_rows[:, None] + ks[None, :] * stride_ak,
-                         mask=row_mask[:, None] & k_mask[None, :], other=0.0).to({CT})
+                         mask=row_mask[:, None] & k_mask[None, :], other=0.0){OPERAND}
         w_tile = tl.load(w_ptr + ks[:, None] * stride_wk + cols[None, :] * stride_wn,
-                         mask=k_mask[:, None] & col_mask[None, :], other=0.0).to({CT})
-        acc += tl.dot(a_tile, w_tile, input_precision="ieee")
+                         mask=k_mask[:, None] & col_mask[None, :], other=0.0){OPERAND}
+        acc += tl.dot(a_tile, w_tile{PRECISION})
     if HAS_BIAS:
         bias = tl.load(b_ih_ptr + cols * stride_b_ih, mask=col_mask, other=0.0).to({CT})
         bias += tl.load(b_hh_ptr + cols * stride_b_hh, mask=col_mask & (cols < N_HH), other=0.0).to({CT})
@@ -256,7 +268,11 @@ def _sequence_matmul(call, name, a, w, w_transposed, out, bias=None, bias_hh=Non
     N = w.shape[0] if w_transposed else w.shape[1]
     M = T * B
     compute = dtypes.compute_type(dtypes.from_numpy_dtype(out.dtype))
-    kernel = call.kernel(name, _source(_SEQUENCE_MATMUL.replace("{name}", name), compute, out.dtype, math=False))
+    # half operands go into tl.dot as they are where it can take them (exact products, float32 sums)
+    native = a.dtype == w.dtype and a.dtype.name in ("float16", "bfloat16") and native_half_dot(call, a.dtype)
+    template = _SEQUENCE_MATMUL.replace("{name}", name).replace("{OPERAND}", "" if native else ".to({CT})")
+    template = template.replace("{PRECISION}", "" if native else ', input_precision="ieee"')
+    kernel = call.kernel(name, _source(template, compute, out.dtype, math=False))
     w_strides = _strides(w)[::-1] if w_transposed else _strides(w)
     blocks = gemm_blocks(M, N, K)
     call.launch(kernel, (_cdiv(M, blocks["BLOCK_M"]), _cdiv(N, blocks["BLOCK_N"])),
@@ -361,18 +377,28 @@ def _hidden_chunk(sliced):
 def _grid_sync(indent, index):
     """Source lines making the H_PROGRAMS programs of a batch block wait for each other (barrier
     number `index`: after the state copy 0, after step s s + 1): each adds one to the block's
-    counter, then spins until all have. Stores before it are visible to loads after it (the
+    counter, then reads it until all have. Stores before it are visible to loads after it (the
     counter's release/acquire, and h_prev is read with .cg, from L2). Under the interpreter, and
     whenever one program owns all hidden units, H_PROGRAMS is 1 and this is a program barrier."""
     lines = ["tl.debug_barrier()",
              "if H_PROGRAMS > 1:",
-             "    tl.atomic_add(barrier_ptr + pid, 1, sem=\"release\")",
-             "    arrived = tl.atomic_add(barrier_ptr + pid, 0, sem=\"acquire\")",
+             "    arrived = tl.atomic_add(barrier_ptr + pid, 1, sem=\"release\") + 1",
              f"    while (arrived < ({index} + 1) * H_PROGRAMS) & (spins < 20000000):",
-             "        arrived = tl.atomic_add(barrier_ptr + pid, 0, sem=\"acquire\")",
+             "        arrived = tl.load(barrier_ptr + pid, volatile=True)  # a plain read: no atomic contention",
              "        spins += 1",
+             "    tl.atomic_add(barrier_ptr + pid, 0, sem=\"acquire\")  # orders the reads after the wait",
              "    tl.debug_barrier()"]
     return "".join(" " * indent + line + "\n" for line in lines)
+
+
+# After a split scan's last step: each program counts itself out; the last one zeroes its
+# batch block's counter for the next scan (every other program has left the last barrier by then).
+_BARRIER_RESET = '''
+    if H_PROGRAMS > 1:
+        gone = tl.atomic_add(barrier_ptr + pid, 1, sem="acq_rel")
+        if gone == (T + 2) * H_PROGRAMS - 1:
+            tl.atomic_xchg(barrier_ptr + pid, 0)
+'''
 
 
 def _recurrent_matmul(size, gates):
@@ -476,7 +502,7 @@ def lstm_layer_kernel(
                          mask=tile_mask)
         # the step's state is complete before the next step reads it
 {step_sync}        step += 1
-{final_h}{final_c}'''
+{barrier_reset}{final_h}{final_c}'''
 
 _GRU_FORWARD = '''
 @triton.jit
@@ -529,7 +555,7 @@ def gru_layer_kernel(
             tl.store(y_ptr + rows[:, None] * H + hidden[None, :], _to_output(tl.where(keep, h, 0.0)), mask=tile_mask)
         # the step's state is complete before the next step reads it
 {step_sync}        step += 1
-{final_h}'''
+{barrier_reset}{final_h}'''
 
 _RNN_FORWARD = '''
 @triton.jit
@@ -569,7 +595,7 @@ def rnn_layer_kernel(
             tl.store(y_ptr + rows[:, None] * H + hidden[None, :], _to_output(tl.where(keep, h, 0.0)), mask=tile_mask)
         # the step's state is complete before the next step reads it
 {step_sync}        step += 1
-{final_h}'''
+{barrier_reset}{final_h}'''
 
 
 def _fill(template, pieces) -> str:
@@ -584,7 +610,8 @@ def _scan_source(template, compute, out_dtype, states, final_states, **pieces) -
     filled in. states: (input, scratch, size, block) per state; final_states: (scratch, output,
     size, block)."""
     pieces = dict(dict(prologue=_SCAN_PROLOGUE, step_header=_STEP_HEADER, hidden_chunk=_hidden_chunk(True),
-                       start_sync=_grid_sync(4, "0"), step_sync=_grid_sync(8, "step + 1")), **pieces)
+                       start_sync=_grid_sync(4, "0"), step_sync=_grid_sync(8, "step + 1"),
+                       barrier_reset=_BARRIER_RESET), **pieces)
     for name, (src, dst, size, block) in states.items():
         pieces[name] = _copy_state(src, dst, size, block)
     for name, (src, dst, size, block) in final_states.items():
