@@ -210,22 +210,29 @@ def _trunc(x: str) -> str:
     return f"tl.where({x} < 0, tl.ceil({x}), tl.floor({x}))"
 
 
+def _quotient(x: str, y: str, t: str) -> str:
+    """x / y correctly rounded: a GPU's float32 `/` is approximate (x / x can land below 1),
+    tl.div_rn is IEEE division; float64's `/` already is."""
+    return f"(tl.div_rn({x}, {y}) if {t} == tl.float32 else {x} / {y})"
+
+
 def _div_mode(a, arg, attrs) -> str:
     """x / y rounded toward zero ('trunc') or down ('floor', NumPy's floor_divide: the quotient
-    of x - fmod(x, y), as Python's //). Integer division by 0 gives 0 (the CPU raises)."""
+    of x - fmod(x, y), as Python's //). Integer division by 0 gives 0 (the CPU raises). Float
+    quotients are correctly rounded (`_quotient`), so they round to the CPU's integers."""
     s = _Scope()
     trunc = attrs["rounding_mode"] == "trunc"
 
     def body(x, y, t):
         if trunc:
-            floating = s.let("q", f"{x} / {y}", _trunc)
+            floating = s.let("q", _quotient(x, y, t), _trunc)
         else:
             def rounded(d):
                 return s.let("fl", f"tl.floor({d})", lambda fl: f"tl.where({d} - {fl} > 0.5, {fl} + 1.0, {fl})")
 
             def quotient(m):
                 adjust = f"({m} != 0) & (({y} < 0) != ({m} < 0))"
-                return s.let("d", f"({x} - {m}) / {y} - tl.where({adjust}, 1.0, 0.0)", lambda d: (
+                return s.let("d", f"{_quotient(f'({x} - {m})', y, t)} - tl.where({adjust}, 1.0, 0.0)", lambda d: (
                     f"tl.where({d} != 0, {rounded(d)}, tl.where({_signbit(x)} != {_signbit(y)}, -1.0, 1.0) * 0.0)"))
             floating = f"tl.where({y} == 0, {x} / {y}, {s.let('mod', f'{x} % {y}', quotient)})"
 
