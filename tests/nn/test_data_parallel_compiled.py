@@ -18,23 +18,11 @@ import pytest
 
 import tracefuse
 import tracefuse.nn as nn
-from tracefuse.runtime import devices
 from tracefuse.tracer import api
 from tracefuse.tracer.api import compiled_callable
 from tracefuse.tracer.context import TracingError
-from tests.conftest import device_backend
 
 
-@pytest.fixture(params=[2, 4])
-def n_devices(request, monkeypatch):
-    monkeypatch.setattr(devices, "_backend", device_backend(request.param))
-    return request.param
-
-
-@pytest.fixture
-def four_devices(monkeypatch):
-    monkeypatch.setattr(devices, "_backend", device_backend(4))
-    return 4
 
 
 @pytest.fixture

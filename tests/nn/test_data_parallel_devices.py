@@ -23,22 +23,11 @@ import tracefuse.nn as nn
 from tracefuse.device import as_device
 from tracefuse.nn import parallel
 from tracefuse.nn.parallel import comm
-from tracefuse.runtime import devices
-from tests.conftest import assert_same, device_backend
+from tests.conftest import assert_same
 
 Pair = namedtuple("Pair", ["first", "second"])
 
 
-@pytest.fixture
-def four_devices(monkeypatch):
-    monkeypatch.setattr(devices, "_backend", device_backend(4))
-    return 4
-
-
-@pytest.fixture(params=[2, 4])
-def n_devices(request, monkeypatch):
-    monkeypatch.setattr(devices, "_backend", device_backend(request.param))
-    return request.param
 
 
 @pytest.fixture
