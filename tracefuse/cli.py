@@ -83,15 +83,18 @@ def _probe_torch() -> str:
 
 def _probe_backend() -> str:
     """What `cuda:N` tensors run on in this environment (TRACEFUSE_CUDA)."""
-    spec = os.environ.get("TRACEFUSE_CUDA")
-    if not spec:
-        return "none (TRACEFUSE_CUDA=interpret[:N] runs them on Triton's interpreter; no cuda-python backend yet)"
+    spec = os.environ.get("TRACEFUSE_CUDA") or "cuda"
     try:
         from .runtime import devices
 
-        return f"{devices.device_count()} logical devices, kernels run by Triton's interpreter ({spec})"
+        found = devices.active_backend()
     except Exception as exc:  # noqa: BLE001 -- any failure is what doctor reports
         return _one_line(exc)
+    if found is None:
+        return "none: no GPU visible (TRACEFUSE_CUDA=interpret[:N] runs them on Triton's interpreter)"
+    if found.name == "interpret":
+        return f"{found.device_count()} logical devices, kernels run by Triton's interpreter ({spec})"
+    return f"the CUDA backend: {found.describe()} (TRACEFUSE_CUDA={spec})"
 
 
 def doctor_report() -> list[tuple[str, str]]:
