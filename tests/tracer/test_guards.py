@@ -333,3 +333,17 @@ def test_fallback_eager_past_the_limit_runs_eagerly_and_warns_once():
     with pytest.raises(RuntimeError, match=r"tracefuse\.explain: this call ran eagerly: .*recompile limit \(2\)"):
         tf.explain(f, x64(3))
     assert tf.explain(f, x64(2)).optimized is not None  # a compiled shape still explains its graph
+
+
+def test_argument_aliasing_is_every_overlapping_pair_in_order():
+    """The n log n sweep finds exactly the pairs the quadratic check would (views, the same array
+    twice, strided slices that interleave without sharing, empty arrays)."""
+    import numpy as np
+
+    from tracefuse.tracer.api import _aliasing
+
+    base, other = np.zeros(100), np.zeros(10)
+    arrays = [base[:10], other, base[5:20], base[50:], base[::2], base[1::2], base[:0], other, base[95:], base]
+    expected = tuple((i, j) for i in range(len(arrays)) for j in range(i)
+                     if np.may_share_memory(arrays[i], arrays[j]))
+    assert _aliasing(arrays) == expected and (7, 1) in expected and (9, 0) in expected

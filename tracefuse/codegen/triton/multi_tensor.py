@@ -43,6 +43,7 @@ a run-time scalar with NumPy 2.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -72,7 +73,12 @@ def block_sizes(sizes) -> tuple[int, int]:
 
 
 def _dtype_name(array) -> str:
-    return np.dtype(array.dtype).name
+    return _name_of(array.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _name_of(dtype) -> str:
+    return dtype.name  # (NumPy computes a dtype's name each time it is asked: slow for 200 tensors)
 
 
 def _check_floating(op_name, arrays):
