@@ -134,6 +134,19 @@ def interpret(monkeypatch):
     return "cuda:0"
 
 
+@pytest.fixture(params=[2, 4])
+def n_devices(request, monkeypatch):
+    """2, then 4 logical CUDA devices."""
+    monkeypatch.setattr(devices, "_backend", device_backend(request.param))
+    return request.param
+
+
+@pytest.fixture
+def four_devices(monkeypatch):
+    monkeypatch.setattr(devices, "_backend", device_backend(4))
+    return 4
+
+
 # Tolerance floors of device results on a real GPU (fast exp/log approximations, FMA contraction).
 _GPU_TOLERANCE = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 1e-2}
 
