@@ -4,6 +4,7 @@ logical devices on them, or Triton's interpreter with `TRACEFUSE_CUDA=interpret[
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 from .codegen.numpy import random as _random
 from .device import as_device
@@ -52,7 +53,11 @@ class Stream:
     def __init__(self, device=None, priority=0, _handle=None):
         self.device, self._backend = _device(device)
         self.priority = priority
-        self.handle = _handle if _handle is not None else self._backend.new_stream(self.device, priority)
+        if _handle is not None:  # a device's own stream (current_stream): not ours to release
+            self.handle = _handle
+        else:
+            self.handle = self._backend.new_stream(self.device, priority)
+            weakref.finalize(self, self._backend.destroy_stream, self.handle).atexit = False
 
     def synchronize(self):
         self._backend.stream_synchronize(self.handle)
@@ -87,12 +92,18 @@ def current_stream(device=None) -> Stream:
 
 @contextlib.contextmanager
 def stream(s):
-    """Queue this thread's work on `s.device` on stream `s` inside the block (torch.cuda.stream)."""
+    """Queue this thread's work on stream `s` inside the block, with `s.device` the current device
+    (torch.cuda.stream)."""
     if s is None:
         yield
         return
-    with s._backend.using_stream(s.device, s.handle):
-        yield
+    previous = _devices.current_device()
+    _devices.set_device(s.device.index)
+    try:
+        with s._backend.using_stream(s.device, s.handle):
+            yield
+    finally:
+        _devices.set_device(previous)
 
 
 class Event:
@@ -107,6 +118,7 @@ class Event:
         if self.handle is None:
             self._backend = stream._backend
             self.handle = self._backend.new_event(stream.device, self.enable_timing)
+            weakref.finalize(self, self._backend.destroy_event, self.handle).atexit = False
         self._backend.record_event(self.handle, stream.device, stream.handle)
 
     def query(self) -> bool:

@@ -442,6 +442,11 @@ class FakeDriver:
         return self._new(self.streams, Stream(self._context()), real.CUstream)
 
     @_api()
+    def cuStreamDestroy(self, stream):
+        self._find(self.streams, stream)
+        del self.streams[int(stream)]
+
+    @_api()
     def cuStreamSynchronize(self, stream):
         self._no_capture([self._find(self.streams, stream)])
 
@@ -537,9 +542,11 @@ class FakeDriver:
             raise _Fail("CUDA_ERROR_INVALID_VALUE")
         launch = Launch(f.name, grid, block, shared, int(stream), self._decode(f, params), cooperative)
 
-        def run():
+        def run():  # a replayed launch runs on the stream the graph is launched on
             self.clock += LAUNCH_MS
-            self.launches.append(dataclasses.replace(launch, replayed=self._replaying))
+            replayed = self._replaying is not False
+            on = self._replaying if replayed else launch.stream
+            self.launches.append(dataclasses.replace(launch, replayed=replayed, stream=on))
         self._run(stream, run)
 
     @_api()
@@ -577,7 +584,8 @@ class FakeDriver:
 
     @_api()
     def cuGraphLaunch(self, executable, stream):
-        self._replaying = True
+        self._find(self.streams, stream)
+        self._replaying = int(stream)
         try:
             for work in self._find(self.executables, executable):
                 self._run(stream, work)

@@ -815,3 +815,48 @@ def test_a_workload_never_reads_device_memory_on_the_host(tmp_path):
     assert done.returncode == 0, done.stderr[-6000:]
     launches, replayed = re.search(r"launches (\d+) replayed (\d+)", done.stdout).groups()
     assert int(launches) > 50 and int(replayed) > 0, done.stdout[-2000:]
+
+
+# --- fixes from the review of the first version ---------------------------------------------------
+
+
+def test_a_graph_replays_on_the_current_stream_after_the_work_queued_there(backend, fake, triton):
+    _launch(backend)
+    with backend.capture(CUDA0) as graph:
+        _launch(backend)
+    side = backend.new_stream(CUDA0)
+    with backend.using_stream(CUDA0, side):
+        _launch(backend)  # a copy of this call's inputs, queued on the current stream
+        graph.replay()
+    copy_in, replayed = fake.launches[-2], fake.launches[-1]
+    assert replayed.stream == copy_in.stream == int(side)
+
+
+def test_streams_and_events_release_their_handles_when_they_die(installed, fake):
+    import gc
+
+    streams, events = len(fake.streams), len(fake.events)
+    for _ in range(20):
+        tf.cuda.Event(enable_timing=True).record(tf.cuda.Stream())
+    gc.collect()
+    assert len(fake.streams) == streams and len(fake.events) == events
+    assert len(installed._owners) == len(installed.devices)  # only the devices' own streams are left
+    assert tf.cuda.current_stream().handle is installed.devices[0].stream  # never released
+
+
+def test_the_stream_context_makes_the_streams_device_current(installed):
+    side = tf.cuda.Stream("cuda:1")
+    with tf.cuda.stream(side):
+        assert tf.cuda.current_device() == 1 and tf.cuda.current_stream() == side
+        assert tf.zeros(0, device="cuda").device == tf.device("cuda:1")  # (no kernel for no elements)
+    assert tf.cuda.current_device() == 0
+
+
+def test_out_of_memory_while_capturing_frees_nothing_and_says_so():
+    backend = backend_on(FakeDriver(memory=4 * MiB), virtual=1)
+    cached = backend.empty((MiB // 4,), np.float32, CUDA0)
+    del cached  # a cached block: freeing it would synchronize, which a capture forbids
+    with pytest.raises(tf.cuda.OutOfMemoryError, match="CUDA out of memory"):
+        with backend.capture(CUDA0):
+            backend.empty((2 * MiB,), np.float32, CUDA0)
+    assert backend.memory_reserved(CUDA0) >= MiB  # still cached

@@ -107,6 +107,13 @@ class Backend(abc.ABC):
     def stream_synchronize(self, stream): ...
 
     @abc.abstractmethod
+    def destroy_stream(self, stream):
+        """Release a stream made by `new_stream` (its queued work still runs)."""
+
+    @abc.abstractmethod
+    def destroy_event(self, event): ...
+
+    @abc.abstractmethod
     def stream_wait_event(self, stream, event): ...
 
     @abc.abstractmethod

@@ -121,6 +121,8 @@ class CachingAllocator:
         except CudaError as exc:
             if exc.code != "CUDA_ERROR_OUT_OF_MEMORY":
                 raise
+            if self.private:  # a graph is being captured: freeing the cache would synchronize
+                raise out_of_memory(device, nbytes, self.capacity, self.allocated) from None
             self.release_cached()
             try:
                 address = int(self.driver("cuMemAlloc", size))
@@ -227,7 +229,7 @@ class _Device:
                                    attribute.CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, handle)
         self.multiprocessors = driver("cuDeviceGetAttribute", attribute.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
                                       handle)
-        self.recent = collections.deque(maxlen=8)  # (kernel name, file, provenance) since the last sync
+        self.recent = collections.deque(maxlen=8)  # (kernel name, file name) since the last sync
 
 
 class _Loaded:
@@ -271,7 +273,7 @@ def alignment_attrs(fn, signature: dict, args) -> dict:
     multiples of 16), keyed as ASTSource wants: what Triton's own launcher specializes on."""
     attrs = {}
     for name, value in zip(signature, args):
-        if isinstance(value, (int, np.integer)) and value % 16 == 0 and signature[name] != "i1":
+        if isinstance(value, (int, np.integer)) and value % 16 == 0:
             attrs[(fn.arg_names.index(name),)] = [["tt.divisibility", 16]]
     return attrs
 
@@ -299,14 +301,20 @@ class CudaGraph:
 
     def instantiate(self, graph):
         driver = self.backend.driver
-        self.exec = driver("cuGraphInstantiate", graph, 0)
+        try:
+            self.exec = driver("cuGraphInstantiate", graph, 0)
+        except CudaError:
+            driver("cuGraphDestroy", graph)
+            raise
         finalizer = weakref.finalize(self, _destroy_graph, driver, self.d.allocator, graph, self.exec, self.pool)
         finalizer.atexit = False  # the driver may be gone by then; the process's end frees everything
 
     def replay(self):
+        """Launch the graph on the device's current stream, as PyTorch does: after the work
+        queued there before (the copies of this call's inputs), before what follows."""
         self.backend._activate(self.d)
         try:
-            self.backend.driver("cuGraphLaunch", self.exec, self.stream)
+            self.backend.driver("cuGraphLaunch", self.exec, self.backend.stream_of(self.device))
         except CudaError as exc:
             raise self.backend._fault(exc, self.d) from None
 
@@ -398,6 +406,14 @@ class CudaBackend(Backend):
         self._enter(device)
         return self._own(self.driver("cuStreamCreateWithPriority", 1, priority), device)
 
+    def destroy_stream(self, stream):
+        self._owners.pop(int(stream), None)
+        self.driver("cuStreamDestroy", stream)  # (the driver lets queued work finish first)
+
+    def destroy_event(self, event):
+        self._owners.pop(int(event), None)
+        self.driver("cuEventDestroy", event)
+
     def new_event(self, device, enable_timing):
         self._enter(device)
         event = self.driver("cuEventCreate", 0 if enable_timing else 0x02)  # CU_EVENT_DISABLE_TIMING
@@ -472,6 +488,7 @@ class CudaBackend(Backend):
 
     def to_host(self, array, device):
         self._no_capture(device, "a copy to host memory")
+        self._enter(device)
         source = self._contiguous(array, device)
         if not source.size:
             return np.empty(array.shape, array.dtype)

@@ -189,6 +189,7 @@ class InterpretBackend(Backend):
 
     def copy_between(self, array, source, target):
         self._no_capture(source, "a copy between devices")
+        self._no_capture(target, "a copy between devices")
         return self.from_host(array, target)
 
     def pointer(self, array):
@@ -212,7 +213,9 @@ class InterpretBackend(Backend):
             del graphs[device.index]
 
     def synchronize(self, device=None):
-        pass
+        for index in range(self._count) if device is None else [device.index]:
+            if getattr(self._capturing, "graphs", {}).get(index) is not None:
+                raise CaptureError("a synchronization cannot be recorded into a CUDA graph (it waits for the device)")
 
     def resident_programs(self, device):
         return 1  # the interpreter runs a launch's programs one after another
@@ -229,6 +232,12 @@ class InterpretBackend(Backend):
         yield
 
     def stream_synchronize(self, stream):
+        pass
+
+    def destroy_stream(self, stream):
+        pass
+
+    def destroy_event(self, event):
         pass
 
     def stream_wait_event(self, stream, event):

@@ -36,6 +36,8 @@ out). tanh has no Triton primitive the interpreter runs, so it is written with e
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from ... import dtypes
@@ -74,22 +76,27 @@ def scan_split(call, batch, hidden, can_split=True):
     constexprs = dict(H_SLICE=chunks_per_program * blocks["BLOCK_H"], H_PROGRAMS=programs)
     if programs > 1:
         constexprs["launch_cooperative_grid"] = True
-    barrier = _barrier_counters(call, batch_blocks) if programs > 1 else call.empty((1,), np.int32)  # (never read)
+    barrier = _barrier_counters(call) if programs > 1 else call.empty((1,), np.int32)  # (never read)
     return blocks, (batch_blocks, programs), barrier, constexprs
 
 
-_BARRIERS: dict = {}  # (backend, device index) -> barrier counters, zero between scans
+# backend -> {(device index, stream): barrier counters}, zero between scans
+_BARRIERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _barrier_counters(call, count):
-    """Zeroed int32 counters for `count` batch blocks, kept per device: a scan leaves them zero
-    again as it ends (its last program out resets them), so no launch clears them. Scans on one
-    device run one after another on its stream (a CUDA graph's replays too)."""
-    key = (id(call.backend), call.device.index)
-    counters = _BARRIERS.get(key)
-    if counters is None or counters.size < count:
-        counters = _BARRIERS[key] = call.backend.from_host(np.zeros(max(count, 64), np.int32), call.device)
-    return counters
+def _barrier_counters(call):
+    """Zeroed int32 counters, one per batch block a split scan can have on this device (at most
+    its resident programs), kept per device and stream for good: a scan leaves them zero again
+    as it ends (its last program out resets them), so no launch clears them, and the CUDA graphs
+    that captured a scan keep reading the same memory. Scans queued on one stream run one after
+    another; scans on different streams get different counters."""
+    stream = call.backend.stream_of(call.device)
+    per_backend = _BARRIERS.setdefault(call.backend, {})
+    key = (call.device.index, id(stream))
+    if key not in per_backend:
+        width = call.backend.resident_programs(call.device)
+        per_backend[key] = (stream, call.backend.from_host(np.zeros(width, np.int32), call.device))
+    return per_backend[key][1]
 
 
 def gemm_blocks(m, n, k) -> dict:
@@ -316,7 +323,8 @@ def _backward_gemms(call, op, dgates_in, dgates_hid, x, w_ih, y, h0, lengths, re
 _SCAN_PROLOGUE = '''
     pid = tl.program_id(0)
     pid_h = tl.program_id(1)  # which H_SLICE hidden units of those sequences it computes
-    spins = 0  # barrier waits so far: bounded, so a program that never arrives cannot hang the GPU
+    spins = 0  # barrier waits so far, bounded: the cooperative launch makes every program resident, and
+    # should that ever fail, the scan ends with wrong results instead of hanging the GPU
     seqs = pid * BLOCK_B + tl.arange(0, BLOCK_B)  # the sequences this program owns
     seq_mask = seqs < B
     if HAS_LENGTHS:
