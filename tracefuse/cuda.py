@@ -38,11 +38,7 @@ def _device(device):
 
 
 def synchronize(device=None) -> None:
-    """Wait for all work queued on `device` (default: every device)."""
-    if device is None:
-        _device(None)  # the error when there is no backend
-        _devices.active_backend().synchronize()
-        return
+    """Wait for all work queued on `device` (default: the current device), as torch.cuda does."""
     d, backend = _device(device)
     backend.synchronize(d)
 
