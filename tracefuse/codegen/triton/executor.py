@@ -299,5 +299,13 @@ def _device(values):
     return next((t.device for t in values if isinstance(t, Tensor) and t.device.type != "cpu"), None)
 
 
+_fragments: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graph -> {names: text}
+
+
 def _fragment(graph, names):
-    return "IR:\n" + "\n".join("    " + graph.format_node(graph.node(n)) for n in names)
+    """The provenance text of the nodes `names` (made once per graph: every call launches them)."""
+    texts = _fragments.setdefault(graph, {})
+    key = tuple(names)
+    if key not in texts:
+        texts[key] = "IR:\n" + "\n".join("    " + graph.format_node(graph.node(n)) for n in names)
+    return texts[key]

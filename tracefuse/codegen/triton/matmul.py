@@ -17,6 +17,7 @@ multiply and sum over each K block (the "no-dot" path), with smaller blocks.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -177,6 +178,7 @@ def native_half_dot(call, dtype) -> bool:
     return name == "float16" or (name == "bfloat16" and call.backend.name != "interpret")
 
 
+@functools.lru_cache(maxsize=256)  # a compiled call builds the same matmuls every time: text once
 def _source(name, n_batch, has_bias, activation, compute, product_dtype, out_dtype, dot, native, wide) -> str:
     acc_t = tl_type(compute)  # the accumulator's type, which operands are converted to
     operands = ["a", "b", "out"] + (["bias"] if has_bias else [])
