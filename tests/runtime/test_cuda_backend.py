@@ -213,6 +213,7 @@ def test_a_contiguous_device_view_copies_from_its_own_offset(backend):
 
 def test_copies_go_through_the_pinned_buffer_in_chunks(fake, monkeypatch, rng):
     monkeypatch.setattr(cuda_runtime._PinnedStaging, "CHUNK", 64)
+    monkeypatch.setattr(cuda_runtime._PinnedStaging, "SMALL", 32)
     backend = backend_on(fake)
     host = rng.normal(size=125)  # 1000 bytes: 15 full chunks and 40 bytes
     on_device = backend.from_host(host, CUDA0)
@@ -860,3 +861,13 @@ def test_out_of_memory_while_capturing_frees_nothing_and_says_so():
         with backend.capture(CUDA0):
             backend.empty((2 * MiB,), np.float32, CUDA0)
     assert backend.memory_reserved(CUDA0) >= MiB  # still cached
+
+
+def test_a_small_upload_goes_straight_from_its_array_without_waiting_for_the_stream(backend, fake, rng):
+    host = rng.normal(size=16)
+    syncs = fake.count("cuStreamSynchronize")
+    on_device = backend.from_host(host, CUDA0)
+    ((dst, src, n, _),) = fake.args_of("cuMemcpyHtoDAsync")
+    assert int(dst) == address(on_device) and n == host.nbytes and src not in set(fake.pinned)
+    assert fake.count("cuStreamSynchronize") == syncs and fake.count("cuMemHostAlloc") == 0
+    np.testing.assert_array_equal(backend.to_host(on_device, CUDA0), host)

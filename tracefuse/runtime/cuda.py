@@ -175,9 +175,13 @@ class CachingAllocator:
 
 class _PinnedStaging:
     """A page-locked host buffer host<->device copies go through, in chunks (the DMA engines read
-    pinned memory directly; pageable memory would be staged by the driver anyway)."""
+    pinned memory directly; pageable memory would be staged by the driver anyway). Small uploads
+    (a launch's pointer tables, every optimizer step) go straight from their pageable array: the
+    driver copies it to its own staging before returning, in stream order, without waiting for
+    the stream's earlier work as a refill of our buffer must."""
 
     CHUNK = 16 << 20
+    SMALL = 256 << 10
 
     def __init__(self, driver):
         self.driver, self.lock, self.buffer = driver, threading.Lock(), None
@@ -190,6 +194,9 @@ class _PinnedStaging:
 
     def to_device(self, host: np.ndarray, address: int, stream):
         data = np.ascontiguousarray(host).reshape(-1).view(np.uint8)
+        if data.size <= self.SMALL:
+            self.driver("cuMemcpyHtoDAsync", address, data.ctypes.data, data.size, stream)
+            return
         with self.lock:
             staging = self._view()
             for start in range(0, data.size, self.CHUNK):
