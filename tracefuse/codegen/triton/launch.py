@@ -10,6 +10,7 @@ arrays' metadata (shape, strides, dtype), never their values: the arrays live on
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from dataclasses import dataclass
 
@@ -55,7 +56,12 @@ def tl_type(dtype) -> str:
 def _np_name(dtype) -> str:
     if isinstance(dtype, dtypes.dtype):
         dtype = dtype.np_type
-    return np.dtype(dtype).name
+    return _name_of(np.dtype(dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def _name_of(dtype: np.dtype) -> str:
+    return dtype.name  # (NumPy works a dtype's name out each time it is asked)
 
 
 @dataclass
@@ -148,7 +154,7 @@ def _signature(kernel, args) -> dict:
     signature = {}
     for name, a in zip(names, args):
         if isinstance(a, np.ndarray):
-            signature[name] = "*" + TRITON_TYPES[a.dtype.name]
+            signature[name] = "*" + TRITON_TYPES[_name_of(a.dtype)]
         elif isinstance(a, (int, np.integer)):
             signature[name] = "i32" if -2**31 <= a < 2**31 else "i64"
         else:

@@ -616,7 +616,18 @@ def _fill(template, pieces) -> str:
 def _scan_source(template, compute, out_dtype, states, final_states, **pieces) -> str:
     """A scan template with its prologue, step header, state copies, epilogue and `pieces`
     filled in. states: (input, scratch, size, block) per state; final_states: (scratch, output,
-    size, block)."""
+    size, block). Made once per distinct text: a compiled call runs the same scans every time."""
+    key = (template, str(compute), str(out_dtype), tuple(states.items()),
+           tuple(final_states.items()), tuple(sorted(pieces.items())))
+    if key not in _SCAN_SOURCES:
+        _SCAN_SOURCES[key] = _filled_scan_source(template, compute, out_dtype, states, final_states, pieces)
+    return _SCAN_SOURCES[key]
+
+
+_SCAN_SOURCES: dict = {}
+
+
+def _filled_scan_source(template, compute, out_dtype, states, final_states, pieces) -> str:
     pieces = dict(dict(prologue=_SCAN_PROLOGUE, step_header=_STEP_HEADER, hidden_chunk=_hidden_chunk(True),
                        start_sync=_grid_sync(4, "0"), step_sync=_grid_sync(8, "step + 1"),
                        barrier_reset=_BARRIER_RESET), **pieces)
