@@ -38,6 +38,10 @@ def test_forward_is_captured_on_the_second_call_and_replayed_with_fresh_inputs()
             results.append((out, twin(x)))
     replay = _replay(compiled)
     assert replay.disabled is None and replay.captured is not None and replay.calls == 4
+    with tf.no_grad():
+        report = tf.explain(compiled, tf.randn(5, 6, dtype=tf.float64).cuda())
+    # two matmul kernels (bias, tanh as epilogues) in the graph; the call copies its input in and its result out
+    assert "replayed as one CUDA graph of 2 kernels" in str(report) and report.kernel_count == 4
     for out, expected in results:  # a replay writes into the graph's memory, never into earlier results
         np.testing.assert_allclose(out.cpu().numpy(), expected.numpy(), **TIGHT)
 
@@ -69,6 +73,7 @@ def test_random_ops_are_not_replayed():
     x = tf.ones(64, 6).cuda()
     masks = [(compiled(x) == 0).cpu() for _ in range(3)]
     assert "random" in _replay(compiled).disabled
+    assert "CUDA graph not used: it draws random numbers (dropout)" in str(tf.explain(compiled, x))
     assert not masks[1].equal(masks[2])  # each call draws its own dropout mask
 
 

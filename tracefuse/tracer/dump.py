@@ -22,12 +22,14 @@ class ExplainReport:
     recompiles: list = field(default_factory=list)
     passes: object = None  # the PassLog: which rewrite rule fired on which nodes
     kernel_count: int = 0  # launches per call of the forward
+    cuda_graph: str = ""  # compile option cuda_graphs: how the forward replays, or why it does not
 
     def __str__(self):
         kernels = (f"{len(self.kernels)} generated Triton kernels" if self.backend == "triton"
                    else "NumPy backend: no generated kernels")
         parts = [f"tracefuse.explain: {len(self.optimized.nodes)} nodes after passes, "
-                 f"{self.kernel_count} kernel launches per call ({kernels})",
+                 f"{self.kernel_count} kernel launches per call ({kernels})"
+                 + (f"; {self.cuda_graph}" if self.cuda_graph else ""),
                  "", "== graph (as traced) ==", str(self.graph),
                  "", "== optimized ==", str(self.optimized)]
         if self.backward is not None:
@@ -46,11 +48,14 @@ def report(compiled, entry) -> ExplainReport:
     the NumPy backend the launches a fusing backend would make (pipeline.kernel_count)."""
     c = entry.captured
     if c.backend == "triton":
-        kernels, count = _kernel_sources(c.launches), len(c.launches)
+        # a replayed CUDA graph: its kernels, and the call's own launches (copies in and out)
+        launches = (c.replay.kernels + c.launches) if c.replay is not None and c.replay.captured else c.launches
+        kernels, count = _kernel_sources(launches), len(launches)
     else:
         kernels, count = {}, pipeline.kernel_count(c.forward)
+    graph = c.replay.describe() if c.replay is not None else ""
     return ExplainReport(c.traced, c.forward, c.backward, kernels, c.backend, dict(entry.guards),
-                         list(compiled.fallbacks), list(compiled.recompiles), c.log, count)
+                         list(compiled.fallbacks), list(compiled.recompiles), c.log, count, graph)
 
 
 def _kernel_sources(launches) -> dict:

@@ -22,8 +22,8 @@ from ...ir.graph import PLACEHOLDER
 from ...runtime import devices
 from ...runtime.backend import CaptureError
 from ...tensor import Tensor
-from . import copy_into
-from . import executor
+from . import copy_into, executor
+from .launch import recording
 
 
 class GraphReplay:
@@ -33,6 +33,7 @@ class GraphReplay:
         self.graph, self.stable = graph, stable
         self.calls = 0
         self.captured = None  # the backend's graph
+        self.kernels: list = []  # the LaunchRecords the graph holds (what explain shows)
         self.static: dict = {}  # input name -> the tensor the captured kernels read
         self.outputs: list = []
         self.disabled = _unreplayable(graph)
@@ -68,9 +69,17 @@ class GraphReplay:
                        for name, t in inputs.items()}
         self._copy_in(inputs, device)
         backend = devices.backend(device)
-        with backend.capture(device) as captured:
+        with backend.capture(device) as captured, recording() as kernels:
             self.outputs = executor.run(self.graph, self.static, updates)
-        self.captured = captured
+        self.captured, self.kernels = captured, kernels
+
+    def describe(self) -> str:
+        """What explain says of it."""
+        if self.disabled:
+            return f"CUDA graph not used: {self.disabled}"
+        if self.captured is None:
+            return "CUDA graph: captured on the next call"
+        return f"replayed as one CUDA graph of {len(self.kernels)} kernels"
 
     def _copy_in(self, inputs, device):
         for name, t in inputs.items():
