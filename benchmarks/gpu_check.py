@@ -494,8 +494,25 @@ def compile_cases(b):
     return [(f"cold: {name}", functools.partial(case, False)), (f"warm: {name}", functools.partial(case, True))]
 
 
+def input_projection(b, T, H, B, dtype, row, budget_s):
+    """An LSTM layer's input GEMM alone, [T * B, H] @ [H, 4H]: how much of the forward it is
+    (the scan is the rest)."""
+    x_ours, x_theirs = b.inputs((T * B, H), dtype)
+    w_ours, w_theirs = b.inputs((H, 4 * H), dtype)
+    row.unit = "ms"
+    if b.check(row, lambda: x_ours @ w_ours, lambda: x_theirs @ w_theirs, dtype):
+        b.time_device(row, lambda: x_ours @ w_ours, lambda: x_theirs @ w_theirs, budget_s)
+
+
+def input_projection_cases(b):
+    grid = [(*TINY, "fp32")] if b.quick else [(256, 1024, B, dtype) for B in (16, 64) for dtype in ("fp32", "bf16")]
+    return [(f"{dtype} [T*B, H] @ [H, 4H], T={T} H={H} B={B}", functools.partial(input_projection, b, T, H, B, dtype))
+            for T, H, B, dtype in grid]
+
+
 SECTIONS = [  # name, share of the benchmark budget, its cases
-    ("lstm forward", 0.36, lstm_forward_cases),
+    ("lstm forward", 0.33, lstm_forward_cases),
+    ("input GEMM", 0.03, input_projection_cases),
     ("gru forward", 0.10, gru_forward_cases),
     ("lstm fwd+bwd", 0.14, lstm_backward_cases),
     ("clip_grad_norm_", 0.06, clip_cases),

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
-BENCHMARK_SECTIONS = ["lstm forward", "gru forward", "lstm fwd+bwd", "clip_grad_norm_", "launch", "cold compile"]
+BENCHMARK_SECTIONS = ["lstm forward", "input GEMM", "gru forward", "lstm fwd+bwd", "clip_grad_norm_", "launch", "cold compile"]
 
 
 def _table(stdout):
