@@ -1,10 +1,9 @@
 """The CUDA backend on a real GPU (two logical devices on it, from tests/conftest.py): the caching
-allocator, events, copies between devices, the capacity cap and CUDA graphs of a compiled model.
-Skipped where no GPU is visible (tests/runtime/test_cuda_backend.py covers the same code on a
-fake driver)."""
+allocator, events, copies between devices and the capacity cap (CUDA graphs of compiled models:
+tests/tracer/test_cuda_graphs.py, which runs on the GPU too). Skipped where no GPU is visible
+(tests/runtime/test_cuda_backend.py covers the same code on a fake driver)."""
 from __future__ import annotations
 
-import copy
 import gc
 import re
 
@@ -14,9 +13,7 @@ import pytest
 
 import tracefuse as tf
 from tests.conftest import device_backend
-from tracefuse import nn
 from tracefuse.runtime import devices
-from tracefuse.tracer.api import compiled_callable
 
 pytestmark = pytest.mark.gpu_only
 
@@ -97,24 +94,3 @@ def test_out_of_memory_under_a_capacity_leaves_earlier_tensors_intact(monkeypatc
         tf.zeros(512, 1024).to("cuda:0")
     np.testing.assert_array_equal(kept.cpu().numpy(), np.arange(1000, dtype=np.float32))
     assert tf.cuda.memory_allocated(0) == 4000, tf.cuda.memory_allocated(0)
-
-
-def test_compiled_linear_replayed_as_a_cuda_graph_matches_eager(interpret):
-    tf.manual_seed(0)
-    model = nn.Linear(32, 16).double()
-    twin = copy.deepcopy(model)
-    compiled = tf.compile(model.cuda(), options={"cuda_graphs": True})
-    results = []
-    with tf.no_grad():
-        for call in range(4):
-            x = tf.randn(8, 32, dtype=tf.float64)
-            out, expected = compiled(x.cuda()), twin(x).numpy()
-            np.testing.assert_allclose(out.cpu().numpy(), expected, rtol=1e-10, atol=1e-12, err_msg=f"call {call}")
-            results.append((out, expected))
-    (entry,) = compiled_callable(compiled).entries
-    replay = entry.captured.replay
-    assert replay.disabled is None and replay.captured is not None and replay.calls == 4, \
-        (replay.disabled, replay.captured, replay.calls)
-    for call, (out, expected) in enumerate(results):  # a replay writes the graph's memory, not earlier results
-        np.testing.assert_allclose(out.cpu().numpy(), expected, rtol=1e-10, atol=1e-12,
-                                   err_msg=f"result of call {call} after the later replays")

@@ -162,21 +162,28 @@ def test_packed_bidirectional_gru_forward_and_backward_match_cpu():
         np.testing.assert_allclose(_cpu(p.grad), q.grad.numpy(), err_msg=name, **TIGHT)
 
 
-def test_language_model_training_step_on_device_matches_cpu():
+def train_lm_on_device_like_cpu(steps, options=None):
+    """A compiled LM training step on cuda:0 (compile `options`) against its eager CPU twin for
+    `steps` steps: losses, gradient norms and parameters agree; returns the compiled step."""
     tf.manual_seed(2)
     model = LanguageModel().double()
     twin = copy.deepcopy(model)
     model.cuda()
     opt, twin_opt = tf.optim.Adam(model.parameters(), lr=0.01), tf.optim.Adam(twin.parameters(), lr=0.01)
-    compiled = tf.compile(make_step(model, opt, sequence_ce, 2.0))
+    compiled = tf.compile(make_step(model, opt, sequence_ce, 2.0), options=options)
     eager = make_step(twin, twin_opt, sequence_ce, 2.0)
-    for s in range(3):
+    for s in range(steps):
         batch = token_batch(np.random.default_rng(s))
         (loss, total), (e_loss, e_total) = compiled(*_to("cuda:0", batch)), eager(*batch)
-        np.testing.assert_allclose(loss.item(), e_loss.item(), **TIGHT)
-        np.testing.assert_allclose(total.item(), e_total.item(), **TIGHT)
+        np.testing.assert_allclose(loss.item(), e_loss.item(), err_msg=f"step {s}", **TIGHT)
+        np.testing.assert_allclose(total.item(), e_total.item(), err_msg=f"step {s}", **TIGHT)
         for (name, p), q in zip(model.named_parameters(), twin.parameters()):
-            np.testing.assert_allclose(_cpu(p), q.detach().numpy(), err_msg=name, **TIGHT)
+            np.testing.assert_allclose(_cpu(p), q.detach().numpy(), err_msg=f"step {s} {name}", **TIGHT)
+    return compiled
+
+
+def test_language_model_training_step_on_device_matches_cpu():
+    compiled = train_lm_on_device_like_cpu(3)
     step = tf.explain(compiled, *_to("cuda:0", token_batch(np.random.default_rng(9))))
     assert step.backend == "triton" and step.kernel_count > 0
 

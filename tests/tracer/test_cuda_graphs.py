@@ -9,7 +9,7 @@ import pytest
 import tracefuse as tf
 from tracefuse import nn
 from tracefuse.tracer.api import compiled_callable
-from tests.tracer.test_compiled_training import LanguageModel, make_step, sequence_ce, token_batch
+from tests.tracer.test_compiled_triton import train_lm_on_device_like_cpu
 
 pytestmark = pytest.mark.usefixtures("interpret")
 TIGHT = dict(rtol=1e-9, atol=1e-11)
@@ -47,22 +47,7 @@ def test_forward_is_captured_on_the_second_call_and_replayed_with_fresh_inputs()
 
 
 def test_training_step_replayed_updates_parameters_in_place_like_eager():
-    tf.manual_seed(2)
-    model = LanguageModel().double()
-    twin = copy.deepcopy(model)
-    model.cuda()
-    opt, twin_opt = tf.optim.Adam(model.parameters(), lr=0.01), tf.optim.Adam(twin.parameters(), lr=0.01)
-    compiled = tf.compile(make_step(model, opt, sequence_ce, 2.0), options={"cuda_graphs": True})
-    eager = make_step(twin, twin_opt, sequence_ce, 2.0)
-    for s in range(4):
-        batch = token_batch(np.random.default_rng(s))
-        (loss, total), (e_loss, e_total) = compiled(*[v.cuda() if isinstance(v, tf.Tensor) else v for v in batch]), \
-            eager(*batch)
-        np.testing.assert_allclose(loss.item(), e_loss.item(), **TIGHT)
-        np.testing.assert_allclose(total.item(), e_total.item(), **TIGHT)
-        for (name, p), q in zip(model.named_parameters(), twin.parameters()):
-            np.testing.assert_allclose(p.detach().cpu().numpy(), q.detach().numpy(), err_msg=f"step {s} {name}",
-                                       **TIGHT)
+    compiled = train_lm_on_device_like_cpu(4, options={"cuda_graphs": True})
     replay = _replay(compiled)
     assert replay.disabled is None and replay.captured is not None
 
