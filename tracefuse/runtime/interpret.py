@@ -213,9 +213,9 @@ class InterpretBackend(Backend):
             del graphs[device.index]
 
     def synchronize(self, device=None):
-        for index in range(self._count) if device is None else [device.index]:
-            if getattr(self._capturing, "graphs", {}).get(index) is not None:
-                raise CaptureError("a synchronization cannot be recorded into a CUDA graph (it waits for the device)")
+        capturing = getattr(self._capturing, "graphs", {})
+        if capturing and (device is None or device.index in capturing):
+            raise CaptureError("a synchronization cannot be recorded into a CUDA graph (it waits for the device)")
 
     def resident_programs(self, device):
         return 1  # the interpreter runs a launch's programs one after another

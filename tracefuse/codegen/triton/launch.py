@@ -56,12 +56,13 @@ def tl_type(dtype) -> str:
 def _np_name(dtype) -> str:
     if isinstance(dtype, dtypes.dtype):
         dtype = dtype.np_type
-    return _name_of(np.dtype(dtype))
+    return dtype_name(np.dtype(dtype))
 
 
 @functools.lru_cache(maxsize=None)
-def _name_of(dtype: np.dtype) -> str:
-    return dtype.name  # (NumPy works a dtype's name out each time it is asked)
+def dtype_name(dtype: np.dtype) -> str:
+    """`dtype.name`, which NumPy works out each time it is asked (slow for launches over 200 tensors)."""
+    return dtype.name
 
 
 @dataclass
@@ -154,7 +155,7 @@ def _signature(kernel, args) -> dict:
     signature = {}
     for name, a in zip(names, args):
         if isinstance(a, np.ndarray):
-            signature[name] = "*" + TRITON_TYPES[_name_of(a.dtype)]
+            signature[name] = "*" + TRITON_TYPES[dtype_name(a.dtype)]
         elif isinstance(a, (int, np.integer)):
             signature[name] = "i32" if -2**31 <= a < 2**31 else "i64"
         else:

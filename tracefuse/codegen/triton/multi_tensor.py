@@ -43,7 +43,6 @@ a run-time scalar with NumPy 2.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -51,7 +50,7 @@ import numpy as np
 from ... import dtypes
 from .heuristics import block_size, multi_tensor_blocks
 from .elementwise import contiguous
-from .launch import emitter, tl_type
+from .launch import dtype_name, emitter, tl_type
 from .pointwise import store_cast
 
 FLOAT_TYPES = ("float32", "float64", "float16", "bfloat16")
@@ -73,12 +72,7 @@ def block_sizes(sizes) -> tuple[int, int]:
 
 
 def _dtype_name(array) -> str:
-    return _name_of(array.dtype)
-
-
-@functools.lru_cache(maxsize=None)
-def _name_of(dtype) -> str:
-    return dtype.name  # (NumPy computes a dtype's name each time it is asked: slow for 200 tensors)
+    return dtype_name(array.dtype)
 
 
 def _check_floating(op_name, arrays):
