@@ -14,6 +14,7 @@ from .codegen import numpy as _numpy_backend  # noqa: F401  (registers the NumPy
 from .device import as_device
 from .ir import infer as _infer
 from .ir import ops as _ops
+from .ir import symbolic as _symbolic
 from .runtime import devices as _devices
 from .tracer import context as _trace
 
@@ -24,6 +25,11 @@ _HALF = (dtypes.float16.np_type, dtypes.bfloat16.np_type)
 def dispatch(name: str, *inputs, **attrs):
     """Run op `name` on `inputs` (tensors and Python scalars); returns a tensor or a tuple."""
     op = _ops.get(name)
+    if _symbolic.active() is not None:  # a symbolic trace records the sizes' expressions, runs their values
+        recorded_inputs, recorded_attrs = inputs, attrs
+        inputs, attrs = _symbolic.concrete(inputs), _symbolic.concrete(attrs)
+    else:
+        recorded_inputs = recorded_attrs = None
     Tensor = _tensor.Tensor
     tensors = [x for x in inputs if isinstance(x, Tensor)]
     device = _common_device(tensors, attrs)
@@ -36,13 +42,15 @@ def dispatch(name: str, *inputs, **attrs):
         result = _run_on_device(op, inputs, attrs, out_dtype, device)
     arrays = result if isinstance(result, tuple) else (result,)
     outputs = tuple(_wrap(op, j, a, out_dtype, device) for j, a in enumerate(arrays))
+    if recorded_attrs is not None:
+        inputs, attrs = recorded_inputs, recorded_attrs
     if op.kind == "movement" and tensors:
         _mark_views(name, inputs, attrs, outputs)
+    trace = _trace.current()
+    if trace is not None:  # first: autograd's record reads the outputs' (symbolic) shapes
+        trace.record(op, inputs, attrs, outputs)
     if op.differentiable and autograd.is_grad_enabled() and any(t.requires_grad for t in tensors):
         autograd.record(op, inputs, outputs, attrs)
-    trace = _trace.current()
-    if trace is not None:
-        trace.record(op, inputs, attrs, outputs)
     return outputs[0] if op.n_outputs == 1 else outputs
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import math
 import numbers
+import operator
 import warnings
 
 import numpy as np
@@ -18,6 +19,7 @@ from ._tensor_str import tensor_repr
 from .device import CPU, as_device
 from .dispatch import dispatch
 from .ir import shapes as _shapes
+from .ir import symbolic as _symbolic
 from .ir.ops import TensorSlot
 from .tracer import context as _trace
 
@@ -29,7 +31,7 @@ class Size(tuple):
         return f"tracefuse.Size({list(self)})"
 
     def numel(self):
-        return int(np.prod(self, dtype=np.int64))
+        return _shapes.numel(self) if _symbolic.is_symbolic(self) else int(np.prod(self, dtype=np.int64))
 
 
 class VersionCounter:
@@ -97,7 +99,7 @@ def _shape_arg(args):
     """Accept f(2, 3), f((2, 3)), f([2, 3]) and f(Size) alike."""
     if len(args) == 1 and isinstance(args[0], (tuple, list)):
         args = args[0]
-    return tuple(int(a) for a in args)
+    return tuple(a if isinstance(a, _symbolic.SymInt) else int(a) for a in args)
 
 
 def broadcast_shapes(*shapes):
@@ -140,10 +142,12 @@ class Tensor:
     # --- metadata ----------------------------------------------------------------------------
     @property
     def shape(self) -> Size:
-        return Size(self._data.shape)
+        env = _symbolic.active()
+        symbolic = env.shape_of(self) if env is not None else None
+        return Size(self._data.shape if symbolic is None else symbolic)
 
     def size(self, dim=None):
-        return self.shape if dim is None else self._data.shape[_normalize_dim(dim, self.ndim)]
+        return self.shape if dim is None else self.shape[_normalize_dim(dim, self.ndim)]
 
     @property
     def dtype(self):
@@ -165,7 +169,7 @@ class Tensor:
         return self._data.ndim
 
     def numel(self):
-        return int(self._data.size)
+        return int(self._data.size) if _symbolic.active() is None else self.shape.numel()
 
     nelement = numel
 
@@ -211,7 +215,7 @@ class Tensor:
     def __len__(self):
         if self.ndim == 0:
             raise TypeError("len() of a 0-d tensor")
-        return self._data.shape[0]
+        return self._data.shape[0] if _symbolic.active() is None else operator.index(self.shape[0])
 
     def __hash__(self):
         return id(self)
@@ -1245,7 +1249,7 @@ class Tensor:
             raise RuntimeError("view(dtype) is not supported by tracefuse")
         target = self._infer_shape(_shape_arg(shape))
         try:
-            np.reshape(self._data, target, copy=False)
+            np.reshape(self._data, _symbolic.concrete(target), copy=False)
         except ValueError:
             raise RuntimeError(
                 "view size is not compatible with input tensor's size and stride (at least one dimension "
@@ -1279,7 +1283,7 @@ class Tensor:
         if s > e:
             raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
         shape = self.shape
-        return self.reshape(shape[:s] + (int(np.prod(shape[s:e + 1], dtype=np.int64)),) + shape[e + 1:])
+        return self.reshape(shape[:s] + (Size(shape[s:e + 1]).numel(),) + shape[e + 1:])
 
     def unflatten(self, dim, sizes):
         d = _normalize_dim(dim, self.ndim)

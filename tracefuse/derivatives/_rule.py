@@ -18,7 +18,7 @@ def rule(op_name, inputs=(), outputs=(), node_name=None):
 def sum_to(g, shape):
     """Reduce a broadcast gradient back to `shape`."""
     shape = tuple(shape)
-    if tuple(g.shape) == shape:
+    if g.ndim == len(shape) and tuple(g.shape) == shape:  # ranks first: sizes are compared only when they line up
         return g
     lead = g.ndim - len(shape)
     dims = tuple(range(lead)) + tuple(i + lead for i, n in enumerate(shape) if n == 1 and g.shape[i + lead] != 1)

@@ -7,6 +7,7 @@ batch_norm, bilinear, distances) are composed from existing ops, so autograd com
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 
 import numpy as np
@@ -215,10 +216,10 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         mean = input.mean(dim=axes, keepdim=True)
         var = input.var(dim=axes, correction=0, keepdim=True)
         if running_mean is not None:
-            n = input.numel() / channels
+            n = input.numel() // channels  # (a symbolic size under dynamic=True: the update keeps it one)
             with no_grad():
                 running_mean.mul_(1 - momentum).add_(mean.reshape(channels) * momentum)
-                running_var.mul_(1 - momentum).add_(var.reshape(channels) * (momentum * n / max(n - 1, 1)))
+                running_var.mul_(1 - momentum).add_(var.reshape(channels) * n / max(n - 1, 1) * momentum)
     else:
         mean, var = running_mean.reshape(shape), running_var.reshape(shape)
     out = (input - mean) * (var + eps).rsqrt()
@@ -508,7 +509,7 @@ def pad(input, pad, mode="constant", value=None):
                                f"but got: padding ({lo}, {hi}) at dimension {dim} of input {list(input.shape)}")
         if mode == "circular" and (lo > size or hi > size):
             raise RuntimeError("Padding value causes wrapping around more than once.")
-        index = np.pad(np.arange(size), (lo, hi), mode=_NUMPY_PAD_MODES[mode])
+        index = np.pad(np.arange(operator.index(size)), (lo, hi), mode=_NUMPY_PAD_MODES[mode])
         out = out.index_select(dim, _as_tensor(index, dtype=dtypes.int64, device=input.device))
     return out
 

@@ -37,6 +37,7 @@ except ImportError:  # NumPy < 2
 
 from .. import autograd
 from ..codegen.numpy import random
+from ..ir.specialize import SizeMismatch, specialize
 from . import dump, pytree, runner
 from .capture import capture
 from .context import TracingError, WarmupRequired
@@ -52,6 +53,42 @@ class Entry:
     captured: object = None  # None: this signature runs eagerly (fallback="eager")
     reason: str = ""
     devices: frozenset = frozenset()  # of the call's tensors: the recompile limit counts per device set
+    sized: dict = field(default_factory=dict)  # dynamic=True: symbol values -> the graphs made concrete
+
+    def for_sizes(self, leaves):
+        """The captured call for the sizes of the call's tensor `leaves`: itself, or (dynamic=True)
+        its graphs made concrete for those sizes (ir/specialize.py; SizeMismatch if they cannot)."""
+        c = self.captured
+        if c.env is None:
+            return c
+        values = symbol_values(c, leaves)
+        key = tuple(values.values())
+        sized = self.sized.get(key)
+        if sized is None:
+            sized = dataclasses.replace(c, forward=specialize(c.forward, values), replay=None, launches=[],
+                                        backward=None if c.backward is None else specialize(c.backward, values))
+            if len(self.sized) >= _SIZED_LIMIT:
+                self.sized.pop(next(iter(self.sized)))
+            self.sized[key] = sized
+        return sized
+
+
+_SIZED_LIMIT = 16  # concrete graphs kept per symbolic entry (each is a copy of the graphs)
+
+
+def symbol_values(captured, leaves) -> dict:
+    """The call's value of each of `captured`'s symbols (the sizes of its tensor `leaves`)."""
+    return {name: leaves[i]._data.shape[d] for name, i, d in captured.symbol_dims}
+
+
+class _SymbolicSize:
+    """A dim that dynamic=True made a symbol: any size of 2 or more."""
+
+    def __repr__(self):
+        return "n>=2"
+
+
+SYMBOLIC = _SymbolicSize()
 
 
 @dataclass
@@ -114,7 +151,8 @@ class CompiledCallable:
         leaves, spec, paths = pytree.flatten(arguments)
         guards = {"grad_mode": autograd.is_grad_enabled(), "arguments": spec}
         for path, t in zip(paths, leaves):
-            guards[f"{path}.shape"] = tuple(t.shape)
+            shape = t._data.shape
+            guards[f"{path}.shape"] = tuple(n if n < 2 else SYMBOLIC for n in shape) if self.options.dynamic else shape
             guards[f"{path}.dtype"] = t.dtype
             guards[f"{path}.device"] = str(t.device)
             guards[f"{path}.requires_grad"] = t.requires_grad
@@ -160,6 +198,8 @@ class CompiledCallable:
             now = read()
             if now != value:
                 yield Recompile(label, value, now)
+        if entry.captured is not None and entry.captured.env is not None and not structure_changed:
+            yield from _failed_size_guards(entry, arguments)
 
     # --- calling -------------------------------------------------------------------------------
     def invoke(self, arguments):
@@ -194,7 +234,8 @@ class CompiledCallable:
             return self._fall_back(message, arguments, guards, devices)
         rng_state = random.get_state()
         try:
-            captured = capture(self.invoke, arguments, state, self._scopes(), self._originals())
+            captured = capture(self.invoke, arguments, state, self._scopes(), self._originals(),
+                               dynamic=self.options.dynamic)
             self._check_state_kept(state)
         except WarmupRequired:
             random.set_state(rng_state)
@@ -212,7 +253,8 @@ class CompiledCallable:
         entry = Entry(guards, captured.value_guards, captured, devices=devices)
         self.entries.append(entry)
         result = self._run(entry, arguments, state)
-        dump.maybe_dump(self, entry)  # after the first run: the kernels it generated are known
+        leaves, _, _ = pytree.flatten(arguments)
+        dump.maybe_dump(self, entry, entry.for_sizes(leaves))  # after the first run: its kernels are known
         return result
 
     def _check_state_kept(self, state):
@@ -230,7 +272,7 @@ class CompiledCallable:
         if entry.captured is None:
             return self.invoke(arguments)
         leaves, _, _ = pytree.flatten(arguments)
-        return runner.run(_bound(entry.captured, state), leaves)
+        return runner.run(_bound(entry.for_sizes(leaves), state), leaves)
 
     def _fall_back(self, message, arguments, guards, devices):
         if self.options.fallback == "error":
@@ -255,6 +297,22 @@ class CompiledCallable:
         pairs = zip(self.module.named_modules(remove_duplicate=False),
                     self.replica_of.named_modules(remove_duplicate=False))
         return {id(replica): original for (_, replica), (_, original) in pairs}
+
+
+def _failed_size_guards(entry, arguments):
+    """dynamic=True: the guards the trace decided on its symbolic sizes that this call's sizes
+    fail, then whether its graphs can be made concrete for them."""
+    leaves, _, _ = pytree.flatten(arguments)
+    env = entry.captured.env
+    failed = env.failed_guard(symbol_values(entry.captured, leaves))
+    if failed is not None:
+        source, old, now = failed
+        yield Recompile(env.describe(source), old, now)
+        return
+    try:
+        entry.for_sizes(leaves)
+    except SizeMismatch as exc:
+        yield Recompile("the graph's sizes", "consistent", str(exc))
 
 
 def _bound(captured, state):
@@ -309,12 +367,11 @@ def _options(backend, fullgraph, dynamic, fallback, options):
         raise ValueError(f"tracefuse.compile: unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     if fallback not in FALLBACKS:
         raise ValueError(f"tracefuse.compile: fallback must be one of {FALLBACKS}, got {fallback!r}")
-    if dynamic:
-        raise ValueError("tracefuse.compile: dynamic=True (symbolic batch and sequence sizes) is not supported "
-                         "yet; each new shape is traced once and cached")
+    if dynamic not in (False, True, None):  # None: PyTorch's "automatic", here as False
+        raise ValueError(f"tracefuse.compile: dynamic must be True, False or None, got {dynamic!r}")
     extra = dict(options or {})
     limit = extra.pop("recompile_limit", 8)
-    return Options(backend, fullgraph, dynamic, fallback, limit, extra)
+    return Options(backend, fullgraph, bool(dynamic), fallback, limit, extra)
 
 
 def compile(obj=None, *, backend="auto", fullgraph=True, dynamic=False, fallback="error", options=None):

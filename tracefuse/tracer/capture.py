@@ -16,7 +16,7 @@ import numpy as np
 from .. import autograd
 from ..creation import ones_like
 from ..codegen.numpy import interpreter
-from ..ir import pipeline
+from ..ir import pipeline, symbolic
 from ..ir.graph import Graph
 from . import pytree
 from .context import TraceContext, TracingError
@@ -45,6 +45,8 @@ class Captured:
     launches: list = field(default_factory=list)  # the forward's kernel launches in the latest call
     cuda_graphs: bool = False  # replay the forward as a CUDA graph (compile option "cuda_graphs")
     replay: object = None  # that graph (codegen/triton/graphs.py GraphReplay), once made
+    env: object = None  # dynamic=True: the symbols and guards of the sizes (ir/symbolic.py ShapeEnv)
+    symbol_dims: list = field(default_factory=list)  # (symbol, argument leaf index, dim) it reads
 
 
 def _stand_in(t):
@@ -71,10 +73,36 @@ class _ReplicaTraceContext(TraceContext):
         super()._guard_module(self._original_of.get(id(module), module))
 
 
-def capture(invoke, arguments, named_state, scopes, originals=None) -> Captured:
+def capture(invoke, arguments, named_state, scopes, originals=None, dynamic=False) -> Captured:
     """Trace `invoke(arguments)` (the call's arguments by parameter name); `named_state` are the
     (name, tensor, kind) of module state: parameters and buffers. `originals` (id(replica module)
-    -> original module) makes the trace of a replica's call guard the originals."""
+    -> original module) makes the trace of a replica's call guard the originals. With `dynamic`,
+    the arguments' sizes of 2 and more are symbols (ir/symbolic.py): 0 and 1 stay numbers, as
+    they mean something else to broadcasting and emptiness."""
+    if not dynamic:
+        return _capture(invoke, arguments, named_state, scopes, originals)
+    env = symbolic.ShapeEnv()
+    leaves, _, paths = pytree.flatten(arguments)
+    shapes, symbol_dims = [], []
+    for i, (path, t) in enumerate(zip(paths, leaves)):
+        shape = []
+        for d, n in enumerate(t.shape):
+            if n >= 2:
+                shape.append(env.symbol(f"{path}.shape[{d}]", n))
+                symbol_dims.append((shape[-1].expr, i, d))
+            else:
+                shape.append(n)
+        shapes.append(tuple(shape))
+    try:
+        with env.tracing():
+            captured = _capture(invoke, arguments, named_state, scopes, originals, shapes)
+    finally:
+        env.forget_tensors()
+    captured.env, captured.symbol_dims = env, symbol_dims
+    return captured
+
+
+def _capture(invoke, arguments, named_state, scopes, originals=None, arg_shapes=None) -> Captured:
     leaves, spec, paths = pytree.flatten(arguments)
     stand_ins = [_stand_in(t) for t in leaves]
     ctx = TraceContext(scopes) if originals is None else _ReplicaTraceContext(scopes, originals)
@@ -82,7 +110,8 @@ def capture(invoke, arguments, named_state, scopes, originals=None) -> Captured:
         with ctx:
             for (name, tensor, kind) in named_state:
                 ctx.add_input(name, tensor, kind)
-            arg_names = [ctx.add_input(_placeholder_name(p), s, "arg").node for p, s in zip(paths, stand_ins)]
+            arg_names = [ctx.add_input(_placeholder_name(p), s, "arg", shape=shape).node
+                         for p, s, shape in zip(paths, stand_ins, arg_shapes or [None] * len(paths))]
             result = invoke(pytree.unflatten(spec, stand_ins))
             out_leaves, out_spec, _ = pytree.flatten(result)
             if _has_opaque(out_spec):
@@ -136,7 +165,8 @@ def _replay_under_autograd(graph, ctx):
                 replay.add_input(node.name, node.meta["value"], kind, value=node.meta["value"])
             else:
                 inputs[node.name] = ctx.inputs[node.name]
-                replay.add_input(node.name, inputs[node.name], kind, **_input_meta(node))
+                replay.add_input(node.name, inputs[node.name], kind, shape=node.meta["outputs"][0][0],
+                                 **_input_meta(node))
         outputs = interpreter.run(graph, inputs, record_autograd=True)
         replay.graph.outputs = [replay.ref(o) for o in outputs]
     # One recorded node per op the graph ran, in order: keep their scopes, sources and groups.
@@ -186,7 +216,7 @@ def _capture_backward(captured, fwd_ctx, out_leaves, diff):
     with bwd:
         grads_in = [ones_like(out_leaves[i]) for i in diff]
         for k, g in zip(diff, grads_in):
-            bwd.add_input(f"grad_out_{k}", g, "grad")
+            bwd.add_input(f"grad_out_{k}", g, "grad", shape=out_leaves[k].shape)
         # Hooks on the differentiated leaves run when the compiled backward hands them their
         # gradients, as in eager code: they must not also be baked into the graph.
         accumulators = [t._accumulator() for t in inputs if t.is_leaf]

@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 
 from ..autograd import is_grad_enabled
+from ..ir import symbolic
 from ..ir.graph import Graph, Ref
 
 _state = threading.local()
@@ -77,6 +78,7 @@ class TraceContext:
         self._grad_touched: set[int] = set()  # ids of tensors whose .grad the trace has set or decided on
         self.mutations: dict[str, Ref] = {}  # placeholder name -> Ref of its value after the call
         self.value_guards: dict[str, list] = {}  # int argument name -> its values, read while tracing
+        self.env = symbolic.active()  # the symbolic sizes of a dynamic=True trace, else None
 
     # --- entering and leaving ------------------------------------------------------------------
     def __enter__(self):
@@ -89,8 +91,12 @@ class TraceContext:
         _state.trace = None
 
     # --- binding tensors to graph values --------------------------------------------------------
-    def add_input(self, name, tensor, kind, **meta):
-        ref = self.graph.add_input(name, tensor.shape, tensor.dtype, kind=kind, device=str(tensor.device),
+    def add_input(self, name, tensor, kind, shape=None, **meta):
+        """A graph input bound to `tensor`; `shape`: its symbolic shape (default: tensor.shape)."""
+        shape = tensor.shape if shape is None else shape
+        if self.env is not None:
+            self.env.bind(tensor, shape)
+        ref = self.graph.add_input(name, shape, tensor.dtype, kind=kind, device=str(tensor.device),
                                    scope=self.scope(), **meta)
         # Integer arguments and captured integer tensors may steer Python (lengths, indices): their
         # values become guards. Parameters, buffers and float data may not.
@@ -127,6 +133,8 @@ class TraceContext:
         bound = self.binding(tensor)
         if bound is not None:
             self._bound[id(alias)] = (bound[0], alias, bound[2])
+            if self.env is not None:
+                self.env.bind(alias, tensor.shape)
             if tensor.requires_grad and not alias.requires_grad:
                 self.needs_eager_autodiff("detach() or .data of a tensor that requires grad")
 
@@ -162,8 +170,16 @@ class TraceContext:
                 sources = None if s is None or sources is None else sources | s
             else:
                 args.append(x)
-        meta = {"outputs": [(tuple(o.shape), o.dtype) for o in outputs], "device": str(outputs[0].device),
+        shapes, followed = [tuple(o.shape) for o in outputs], True
+        if self.env is not None:
+            shapes, followed = self.env.output_shapes(
+                op, [x.shape if isinstance(x, Tensor) else None for x in inputs], attrs, shapes)
+            for o, shape in zip(outputs, shapes):
+                self.env.bind(o, shape)
+        meta = {"outputs": [(s, o.dtype) for s, o in zip(shapes, outputs)], "device": str(outputs[0].device),
                 "scope": self.scope(), "source": user_source()}
+        if not followed:
+            meta["shape_traced"] = True
         node = self.graph.add_node(op.name, args, attrs, meta)
         for j, out in enumerate(outputs):
             static = sources if sources is not None and not out.dtype.is_floating_point else None

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..ir import pipeline
+from . import pytree
 
 DUMP_KINDS = ("graph", "optimized", "kernels", "guards")
 
@@ -23,6 +24,7 @@ class ExplainReport:
     passes: object = None  # the PassLog: which rewrite rule fired on which nodes
     kernel_count: int = 0  # launches per call of the forward
     cuda_graph: str = ""  # compile option cuda_graphs: how the forward replays, or why it does not
+    symbols: dict = field(default_factory=dict)  # dynamic=True: symbol -> the size it stands for
 
     def __str__(self):
         kernels = (f"{len(self.kernels)} generated Triton kernels" if self.backend == "triton"
@@ -34,6 +36,8 @@ class ExplainReport:
                  "", "== optimized ==", str(self.optimized)]
         if self.backward is not None:
             parts += ["", "== backward ==", str(self.backward)]
+        if self.symbols:
+            parts += ["", "== symbols ==", *(f"{k} = {v}" for k, v in self.symbols.items())]
         parts += ["", "== passes ==", str(self.passes) or "(no rewrite fired)",
                   "", "== guards ==", *(f"{k} == {v!r}" for k, v in self.guards.items())]
         if self.recompiles:
@@ -43,10 +47,12 @@ class ExplainReport:
         return "\n".join(parts)
 
 
-def report(compiled, entry) -> ExplainReport:
+def report(compiled, entry, sized=None) -> ExplainReport:
     """The Triton backend reports the kernels the latest call launched (their count is measured);
-    the NumPy backend the launches a fusing backend would make (pipeline.kernel_count)."""
-    c = entry.captured
+    the NumPy backend the launches a fusing backend would make (pipeline.kernel_count). A
+    symbolic entry (dynamic=True) shows its symbolic graphs, its size guards, and the kernels of
+    `sized`: its graphs made concrete for the call explained."""
+    c = sized or entry.captured
     if c.backend == "triton":
         # a replayed CUDA graph: its kernels, and the call's own launches (copies in and out)
         launches = (c.replay.kernels + c.launches) if c.replay is not None and c.replay.captured else c.launches
@@ -54,8 +60,13 @@ def report(compiled, entry) -> ExplainReport:
     else:
         kernels, count = {}, pipeline.kernel_count(c.forward)
     graph = c.replay.describe() if c.replay is not None else ""
-    return ExplainReport(c.traced, c.forward, c.backward, kernels, c.backend, dict(entry.guards),
-                         list(compiled.fallbacks), list(compiled.recompiles), c.log, count, graph)
+    symbolic, guards, symbols = entry.captured, dict(entry.guards), {}
+    if symbolic.env is not None:
+        env = symbolic.env
+        guards.update({env.describe(source): value for source, value in env.guards.items()})
+        symbols = {name: f"{label} (traced at {value})" for name, (label, value) in env.symbols.items()}
+    return ExplainReport(c.traced, symbolic.forward, symbolic.backward, kernels, c.backend, guards,
+                         list(compiled.fallbacks), list(compiled.recompiles), c.log, count, graph, symbols)
 
 
 def _kernel_sources(launches) -> dict:
@@ -84,12 +95,14 @@ def explain(obj, *args, **kwargs) -> ExplainReport:
         if compiled._failed_guard(entry, guards, arguments) is None:
             if entry.captured is None:
                 raise RuntimeError(f"tracefuse.explain: this call ran eagerly: {entry.reason}")
-            return report(compiled, entry)
+            leaves, _, _ = pytree.flatten(arguments)
+            return report(compiled, entry, entry.for_sizes(leaves))
     raise RuntimeError("tracefuse.explain: no compiled graph matches this call")
 
 
-def maybe_dump(compiled, entry) -> None:
-    """Write the dump TRACEFUSE_DUMP asks for (e.g. 'graph,optimized,guards') into TRACEFUSE_DUMP_DIR."""
+def maybe_dump(compiled, entry, sized=None) -> None:
+    """Write the dump TRACEFUSE_DUMP asks for (e.g. 'graph,optimized,guards') into TRACEFUSE_DUMP_DIR;
+    `sized`: the entry's graphs made concrete for the call just run (dynamic=True)."""
     wanted = [k.strip() for k in os.environ.get("TRACEFUSE_DUMP", "").split(",") if k.strip()]
     if not wanted:
         return
@@ -98,7 +111,7 @@ def maybe_dump(compiled, entry) -> None:
         raise ValueError(f"TRACEFUSE_DUMP: unknown kind(s) {sorted(unknown)}; choose from {', '.join(DUMP_KINDS)}")
     if "all" in wanted:
         wanted = list(DUMP_KINDS)
-    rep = report(compiled, entry)
+    rep = report(compiled, entry, sized)
     name = type(compiled.module).__name__ if compiled.module is not None else compiled.fn.__qualname__
     folder = Path(os.environ.get("TRACEFUSE_DUMP_DIR", "tracefuse_dump")) / f"{name}_{len(compiled.entries)}"
     folder.mkdir(parents=True, exist_ok=True)

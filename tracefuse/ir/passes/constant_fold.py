@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from .. import ops
+from .. import ops, symbolic
 from ...device import as_device
 from ..graph import PLACEHOLDER, Graph, Ref
 from ..rewrite import PassLog, is_const, inherited_meta, replace_node, run_op
@@ -36,8 +36,10 @@ def _foldable(graph, node, returned) -> bool:
     device = node.attrs.get("device")
     if device is not None and as_device(device).type != "cpu":
         return False  # only the CPU can run ops at compile time
-    size = sum(math.prod(shape) for shape, _ in node.meta.get("outputs", []))
-    return size <= FOLD_LIMIT and all(_is_source(graph, r) for r in node.refs)
+    shapes = [shape for shape, _ in node.meta.get("outputs", [])]
+    if symbolic.is_symbolic(shapes):
+        return False  # a constant has one size; a symbolic one (dynamic=True) has one per call
+    return sum(math.prod(shape) for shape in shapes) <= FOLD_LIMIT and all(_is_source(graph, r) for r in node.refs)
 
 
 def _value(graph, ref):

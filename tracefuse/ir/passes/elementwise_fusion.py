@@ -11,9 +11,7 @@ refused: the group could not run as one kernel.
 """
 from __future__ import annotations
 
-import numpy as np
-
-from .. import ops
+from .. import ops, shapes
 from ..graph import PLACEHOLDER, Graph, Ref
 from ..rewrite import PassLog
 
@@ -27,8 +25,8 @@ def _fusible(node) -> bool:
 
 def _broadcasts_to(small, big) -> bool:
     try:
-        return np.broadcast_shapes(small, big) == tuple(big)
-    except ValueError:
+        return shapes.broadcast(small, big) == tuple(big)
+    except RuntimeError:
         return False
 
 

@@ -1,0 +1,211 @@
+"""compile(dynamic=True): one symbolic trace serves every batch size and sequence length.
+
+Every module of the nn conformance list, RNN/LSTM/GRU configurations and a whole training step
+run on several sizes from one graph and match their eager twins (values, gradients, state) to
+float64 precision. Python that decides on a size (a branch, a loop, size 1) is guarded: crossing
+the decision traces again and the recompile names the size, in the call's terms.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import tracefuse as tf
+from tracefuse import nn
+from tracefuse.tracer.api import compiled_callable
+from tests.tracer.test_compiled_modules import (MODULES, TIGHT, assert_same_grads, assert_same_state,
+                                                assert_tensors_close, backward_same, leaves, tensors)
+from tests.tracer.test_compiled_training import LanguageModel, make_step, sequence_ce
+
+
+def grown(arrays, extra, rng):
+    """`arrays` with `extra` more entries along dim 0 wherever dim 0 is a batch (2 or more)."""
+    out = []
+    for a in arrays:
+        if a is None or a.ndim == 0 or a.shape[0] < 2 or extra == 0:
+            out.append(a)
+        elif a.dtype.kind == "f":
+            out.append(np.concatenate([a, rng.standard_normal((extra,) + a.shape[1:])]))
+        else:  # indices, labels: repeat real ones, so they stay in range
+            out.append(np.concatenate([a, a[:1].repeat(extra, axis=0)]))
+    return out
+
+
+def check_dynamic(model, calls, call=None, tol=TIGHT):
+    """Compile `model` with dynamic=True and compare it with an eager twin on each NumPy argument
+    list in `calls` (sizes differ from call to call): one graph serves them all."""
+    call = call or (lambda module, *xs: module(*xs))
+    twin = copy.deepcopy(model)
+    compiled = tf.compile(model, dynamic=True)
+    for k, arrays in enumerate(calls):
+        ours, theirs = leaves(arrays), leaves(arrays)
+        out, expected = tensors(call(compiled, *ours)), tensors(call(twin, *theirs))
+        assert_tensors_close(out, expected, tol, what=f"call {k}")
+        if backward_same(out, expected, np.random.default_rng(k)):
+            assert_same_grads(model, twin, ours, theirs, tol)
+        assert_same_state(model, twin, tol)
+        model.zero_grad()
+        twin.zero_grad()
+    cache = compiled_callable(compiled)
+    assert len(cache.entries) == 1, [str(r) for r in cache.recompiles]
+    return compiled
+
+
+@pytest.mark.parametrize("name, make, make_arrays", MODULES, ids=[m[0] for m in MODULES])
+def test_every_module_serves_new_batch_sizes_from_one_graph(name, make, make_arrays):
+    tf.manual_seed(0)
+    rng = np.random.default_rng(0)
+    base = make_arrays(rng)
+    calls = [grown(base, extra, rng) for extra in (0, 2, 5)]
+    if any(a is not None and a.ndim and a.shape[0] >= 2 for a in base):
+        try:  # a size that only looked like a batch (a 1-d input's features): eager refuses it too
+            make().double()(*leaves(calls[1]))
+        except (RuntimeError, ValueError):
+            calls = calls[:1]
+    check_dynamic(make().double(), calls)
+
+
+RNNS = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN": nn.RNN}
+
+
+@pytest.mark.parametrize("kind", sorted(RNNS))
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("bidirectional, num_layers, with_state", [(False, 2, False), (True, 1, True)])
+def test_recurrent_layers_serve_every_batch_and_length(kind, batch_first, bidirectional, num_layers, with_state):
+    tf.manual_seed(0)
+    model = RNNS[kind](3, 4, num_layers=num_layers, batch_first=batch_first, bidirectional=bidirectional).double()
+    directions = 2 if bidirectional else 1
+    rng = np.random.default_rng(1)
+    calls = []
+    for T, B in [(5, 3), (2, 4), (7, 2), (3, 6)]:
+        x = rng.standard_normal((B, T, 3) if batch_first else (T, B, 3))
+        states = [rng.standard_normal((num_layers * directions, B, 4))] * (2 if kind == "LSTM" else 1)
+        calls.append([x] + (states if with_state else []))
+
+    def call(m, x, *state):
+        return m(x, (tuple(state) if kind == "LSTM" else state[0]) if state else None)
+
+    compiled = check_dynamic(model, calls, call)
+    layer = {"LSTM": "lstm_layer", "GRU": "gru_layer", "RNN": "rnn_layer"}[kind]
+    graph = compiled_callable(compiled).entries[0].captured.forward
+    assert sum(n.op == layer for n in graph.nodes) == num_layers * directions
+    assert "s0" in str(graph) and "s1" in str(graph)  # the scans are over symbolic lengths and batches
+
+
+@given(st.lists(st.tuples(st.integers(2, 6), st.integers(2, 6)), min_size=2, max_size=4))
+@settings(max_examples=10, deadline=None)
+def test_hypothesis_lstm_over_random_sizes_is_one_graph(sizes):
+    tf.manual_seed(0)
+    rng = np.random.default_rng(len(sizes))
+    check_dynamic(nn.LSTM(2, 3, num_layers=2).double(), [[rng.standard_normal((T, B, 2))] for T, B in sizes])
+
+
+def test_training_step_with_clipping_and_adam_is_one_graph_for_all_sizes():
+    tf.manual_seed(2)
+    model = LanguageModel().double()
+    twin = copy.deepcopy(model)
+    opt, twin_opt = tf.optim.Adam(model.parameters(), lr=0.01), tf.optim.Adam(twin.parameters(), lr=0.01)
+    compiled = tf.compile(make_step(model, opt, sequence_ce, 2.0), dynamic=True)
+    eager = make_step(twin, twin_opt, sequence_ce, 2.0)
+    rng = np.random.default_rng(0)
+    for step, (T, B) in enumerate([(6, 3), (6, 3), (4, 5), (9, 2), (3, 3)]):
+        batch = [tf.tensor(rng.integers(0, 12, (T, B))) for _ in range(2)]
+        (loss, total), (e_loss, e_total) = compiled(*batch), eager(*batch)
+        np.testing.assert_allclose(loss.item(), e_loss.item(), err_msg=f"step {step}", **TIGHT)
+        np.testing.assert_allclose(total.item(), e_total.item(), err_msg=f"step {step}", **TIGHT)
+        for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+            np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), err_msg=f"{step} {name}", **TIGHT)
+    cache = compiled._tracefuse_compiled
+    assert len(cache.entries) == 1, [str(r) for r in cache.recompiles]
+    assert cache.warmups == 1  # Adam's first step made its state; the second call traced
+
+
+# --- guards ----------------------------------------------------------------------------------------
+
+def test_a_branch_on_a_size_retraces_when_it_flips_and_says_why():
+    @tf.compile(dynamic=True)
+    def f(x):
+        return x * 2 if x.shape[0] > 4 else x - 1
+
+    for n in (5, 8, 3, 2, 9):
+        x = tf.randn(n, 3, dtype=tf.float64)
+        np.testing.assert_array_equal(f(x).numpy(), (x * 2 if n > 4 else x - 1).numpy())
+    cache = f._tracefuse_compiled
+    assert len(cache.entries) == 2
+    assert [str(r) for r in cache.recompiles] == ["guard failed: L['x'].shape[0] > 4: True -> False"]
+
+
+def test_sizes_0_and_1_are_not_symbols():
+    f = tf.compile(lambda x: x.sum(0), dynamic=True)
+    for n in (3, 7, 1, 5):
+        np.testing.assert_allclose(f(tf.ones(n, 2)).numpy(), [n, n])
+    cache = compiled_callable(f)
+    assert len(cache.entries) == 2
+    assert [str(r) for r in cache.recompiles] == ["guard failed: L['x'].shape: (n>=2, n>=2) -> (1, n>=2)"]
+
+
+def test_a_python_loop_over_a_length_pins_it_and_names_the_line():
+    @tf.compile(dynamic=True)
+    def running_sum(x):
+        total = x[0]
+        for t in range(1, x.shape[0]):  # unrolled: one graph per length
+            total = total + x[t]
+        return total
+
+    for T in (4, 4, 6):
+        x = tf.randn(T, 3, dtype=tf.float64)
+        np.testing.assert_allclose(running_sum(x).numpy(), x.numpy().sum(0), rtol=1e-12)
+    cache = running_sum._tracefuse_compiled
+    assert len(cache.entries) == 2
+    (recompile,) = cache.recompiles
+    assert recompile.guard.startswith("L['x'].shape[0] (used as a number at test_dynamic.py:")
+    assert (recompile.old, recompile.new) == (4, 6)
+
+
+def test_explain_shows_the_symbolic_graph_its_symbols_and_size_guards():
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU()).double()
+    compiled = tf.compile(model, dynamic=True)
+    compiled(tf.randn(4, 3, dtype=tf.float64))
+    report = tf.explain(compiled, tf.randn(9, 3, dtype=tf.float64))
+    assert "f64[s0,5]" in str(report.optimized)
+    assert report.symbols == {"s0": "L['input'].shape[0] (traced at 4)", "s1": "L['input'].shape[1] (traced at 3)"}
+    assert report.guards["L['input'].shape[1] != 3"] is False  # the Linear's input size check
+    assert report.guards["L['input'].shape"] == (tf.tracer.api.SYMBOLIC, tf.tracer.api.SYMBOLIC)
+    text = str(report)
+    assert "== symbols ==\ns0 = L['input'].shape[0] (traced at 4)" in text
+    assert len(compiled_callable(compiled).entries) == 1
+
+
+def test_a_feature_size_the_module_checks_retraces_and_then_errors_like_eager():
+    compiled = tf.compile(nn.Linear(3, 2).double(), dynamic=True)
+    compiled(tf.randn(4, 3, dtype=tf.float64))
+    with pytest.raises(RuntimeError, match=r"mat1 and mat2 shapes cannot be multiplied \(4x5 and 3x2\)"):
+        compiled(tf.randn(4, 5, dtype=tf.float64))
+
+
+def test_dynamic_must_be_a_bool_or_none():
+    with pytest.raises(ValueError, match="dynamic must be True, False or None, got 'yes'"):
+        tf.compile(lambda x: x, dynamic="yes")
+    assert compiled_callable(tf.compile(lambda x: x, dynamic=None)).options.dynamic is False
+
+
+@pytest.mark.usefixtures("interpret")
+@pytest.mark.gpu
+def test_on_a_device_one_symbolic_graph_runs_each_size_as_kernels():
+    tf.manual_seed(0)
+    model = nn.LSTM(3, 4).double()
+    twin = copy.deepcopy(model)
+    model.cuda()
+    compiled = tf.compile(model, dynamic=True)
+    rng = np.random.default_rng(0)
+    for T, B in [(4, 2), (6, 3), (2, 5)]:
+        x = rng.standard_normal((T, B, 3))
+        (out, (h, c)), (e_out, (e_h, e_c)) = compiled(tf.tensor(x).cuda()), twin(tf.tensor(x))
+        for ours, theirs in [(out, e_out), (h, e_h), (c, e_c)]:
+            np.testing.assert_allclose(ours.cpu().detach().numpy(), theirs.detach().numpy(), rtol=1e-10, atol=1e-10)
+    assert len(compiled_callable(compiled).entries) == 1
+    report = tf.explain(compiled, tf.tensor(rng.standard_normal((5, 2, 3))).cuda())
+    assert report.backend == "triton" and report.kernel_count > 0 and "s0" in str(report.optimized)

@@ -1,0 +1,335 @@
+"""Symbolic sizes: `compile(dynamic=True)` traces with them, so one graph serves many shapes.
+
+A `SymInt` is a size known to the trace as an expression over the call's symbols (`s0` is
+`x.shape[0]`, ...) together with its value in the traced call. Arithmetic keeps it symbolic
+(`s0*s1`, `s1 - 1`), so reshapes, factories, the op table's shape rules and the graph's metadata
+hold expressions. Whatever needs a plain Python value decides on the traced one and records a
+*guard*: a comparison (`s0 == 1` in a broadcast check) or `bool()` keeps its answer, and
+`int()`/`operator.index()` (`range(s0)`, a NumPy call) pins the symbol's value. A later call
+reuses the graph only while every guard gives the same answer for its sizes; otherwise it is
+traced again. Guarding every escape is what makes a symbolic trace safe: Python code that
+branched or looped on a size replays only when the same branch would be taken.
+
+`SymInt` is deliberately not an `int` subclass: CPython reads an int subclass's value in C
+(`range()`, NumPy's shape arguments) without calling back, which would bake a size into the graph
+silently. It is registered as a `numbers.Integral`, so argument checks accept it.
+"""
+from __future__ import annotations
+
+import functools
+import numbers
+import operator
+import re
+import threading
+
+_state = threading.local()
+_tracing = 0  # symbolic traces running in any thread: eager code checks this before the thread-local
+_tracing_lock = threading.Lock()
+
+
+def active() -> "ShapeEnv | None":
+    """The shape environment of the trace running in this thread, if it is symbolic."""
+    return getattr(_state, "env", None) if _tracing else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _code(source):
+    return compile(source, "<tracefuse guard>", "eval")
+
+
+def evaluate(source: str, values: dict):
+    """The value of expression `source` for symbol values `values` (name -> int)."""
+    return eval(_code(source), {"__builtins__": {}}, values)
+
+
+class SymInt:
+    """An integer size as an expression (`expr`, Python source) with its traced value."""
+
+    __slots__ = ("expr", "value", "env")
+
+    def __init__(self, expr: str, value: int, env: "ShapeEnv"):
+        self.expr, self.value, self.env = expr, value, env
+
+    # --- staying symbolic ----------------------------------------------------------------------
+    def _combine(self, other, symbol, fn, reflected=False):
+        if isinstance(other, SymInt):
+            other_expr, other_value = other.expr, other.value
+        elif isinstance(other, numbers.Integral) and not isinstance(other, bool):
+            other_expr, other_value = str(int(other)), int(other)
+        else:  # a float (s0 * 0.5) or anything else: the size's value takes part
+            value = self.__index__()
+            return fn(other, value) if reflected else fn(value, other)
+        a, b = (other_expr, self.expr) if reflected else (self.expr, other_expr)
+        va, vb = (other_value, self.value) if reflected else (self.value, other_value)
+        simple = _simplified(symbol, a, b)
+        if isinstance(simple, int) or simple == self.expr:
+            return self if simple == self.expr else simple
+        return SymInt(simple or f"({a} {symbol} {b})", fn(va, vb), self.env)
+
+    def __add__(self, other):
+        return self._combine(other, "+", operator.add)
+
+    def __radd__(self, other):
+        return self._combine(other, "+", operator.add, reflected=True)
+
+    def __sub__(self, other):
+        return self._combine(other, "-", operator.sub)
+
+    def __rsub__(self, other):
+        return self._combine(other, "-", operator.sub, reflected=True)
+
+    def __mul__(self, other):
+        return self._combine(other, "*", operator.mul)
+
+    def __rmul__(self, other):
+        return self._combine(other, "*", operator.mul, reflected=True)
+
+    def __floordiv__(self, other):
+        return self._combine(other, "//", operator.floordiv)
+
+    def __rfloordiv__(self, other):
+        return self._combine(other, "//", operator.floordiv, reflected=True)
+
+    def __mod__(self, other):
+        return self._combine(other, "%", operator.mod)
+
+    def __rmod__(self, other):
+        return self._combine(other, "%", operator.mod, reflected=True)
+
+    def __neg__(self):
+        return SymInt(f"(-{self.expr})", -self.value, self.env)
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        return self if self.value >= 0 and self.env.decide(f"{self.expr} >= 0", True) else -self
+
+    # --- deciding: the traced answer, guarded --------------------------------------------------
+    def _compare(self, other, symbol, fn):
+        if isinstance(other, SymInt) and other.expr == self.expr:
+            return fn(0, 0)
+        if isinstance(other, SymInt):
+            return self.env.decide(f"{self.expr} {symbol} {other.expr}", fn(self.value, other.value))
+        if isinstance(other, numbers.Integral):
+            return self.env.decide(f"{self.expr} {symbol} {int(other)}", fn(self.value, int(other)))
+        if isinstance(other, numbers.Real):
+            return fn(self.__index__(), other)
+        return NotImplemented
+
+    def __eq__(self, other):
+        return self._compare(other, "==", operator.eq)
+
+    def __ne__(self, other):
+        return self._compare(other, "!=", operator.ne)
+
+    def __lt__(self, other):
+        return self._compare(other, "<", operator.lt)
+
+    def __le__(self, other):
+        return self._compare(other, "<=", operator.le)
+
+    def __gt__(self, other):
+        return self._compare(other, ">", operator.gt)
+
+    def __ge__(self, other):
+        return self._compare(other, ">=", operator.ge)
+
+    def __bool__(self):
+        return self.env.decide(f"{self.expr} != 0", self.value != 0)
+
+    def __index__(self):
+        self.env.specialize(self)
+        return self.value
+
+    __int__ = __index__
+
+    def __float__(self):
+        return float(self.__index__())
+
+    def __truediv__(self, other):
+        return self.__index__() / other
+
+    def __rtruediv__(self, other):
+        return other / self.__index__()
+
+    def __pow__(self, other):
+        return self.__index__() ** other
+
+    def __hash__(self):
+        # By expression, without a guard: graph passes key nodes by their attrs (CSE). A SymInt and
+        # the int it equals at the trace land in different buckets, so a dict never equates them
+        # unguarded; equal expressions compare equal without a guard (below).
+        return hash(self.expr)
+
+    def __format__(self, spec):
+        # f-strings are messages (PyTorch's errors name the sizes): the traced value, unguarded.
+        # str() and repr() are the expression, as graphs print it.
+        return format(self.value, spec)
+
+    def __str__(self):
+        expr = self.expr
+        return expr[1:-1] if expr.startswith("(") and expr.endswith(")") and _balanced(expr[1:-1]) else expr
+
+    __repr__ = __str__
+
+
+numbers.Integral.register(SymInt)
+
+
+def _balanced(s):
+    depth = 0
+    for c in s:
+        depth += {"(": 1, ")": -1}.get(c, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _simplified(symbol, a, b):
+    """x + 0, x - 0, x * 1, x // 1, (x * c) // c -> x (the expression); x * 0 -> 0; else None."""
+    if symbol in "+-" and b == "0":
+        return a
+    if symbol == "+" and a == "0":
+        return b
+    if symbol in ("*", "//") and b == "1":
+        return a
+    if symbol == "*" and a == "1":
+        return b
+    if symbol == "*" and "0" in (a, b):
+        return 0
+    if symbol == "//" and b.isdigit() and b != "0" and a.endswith(f" * {b})") and _balanced(a[1:-len(b) - 4]):
+        return a[1:-len(b) - 4]  # (x * c) // c: how flattening a reshape's size comes back
+    return None
+
+
+class ShapeEnv:
+    """The symbols of one symbolic trace (where each comes from) and the guards it decided."""
+
+    def __init__(self):
+        self.symbols: dict[str, tuple] = {}  # name -> (label such as "x.shape[0]", traced value)
+        self.guards: dict[str, object] = {}  # expression source -> its value in the traced call
+        self.specialized: dict[str, str] = {}  # symbol expression -> where Python needed its value
+        self._shapes: dict[int, tuple] = {}  # id(tensor) -> (tensor, symbolic shape), while tracing
+
+    def symbol(self, label: str, value: int) -> SymInt:
+        name = f"s{len(self.symbols)}"
+        self.symbols[name] = (label, value)
+        return SymInt(name, value, self)
+
+    def decide(self, source: str, answer):
+        self.guards.setdefault(source, answer)
+        return answer
+
+    def specialize(self, size: SymInt):
+        if size.expr not in self.guards:
+            from ..tracer.context import user_source
+
+            self.specialized[str(size)] = user_source() or "?"
+        self.decide(size.expr, size.value)
+
+    # --- tensors' symbolic shapes while tracing --------------------------------------------------
+    def bind(self, tensor, shape):
+        self._shapes[id(tensor)] = (tensor, tuple(shape))
+
+    def shape_of(self, tensor):
+        known = self._shapes.get(id(tensor))
+        return known[1] if known is not None and known[0] is tensor else None
+
+    def output_shapes(self, op, input_shapes, attrs, traced):
+        """(shapes, followed): the symbolic shapes of `op`'s outputs by its shape rule, or where
+        the rule cannot follow (a boolean mask's result), the `traced` shapes with every size the
+        op read pinned to its value, and followed False."""
+        if not (is_symbolic(input_shapes) or is_symbolic(attrs)):
+            return traced, True
+        try:
+            shapes = [tuple(s) for s in op.shape(input_shapes, attrs)]
+            if [substitute(s) for s in shapes] == [tuple(t) for t in traced]:
+                return shapes, True
+        except Exception:
+            pass
+        for size in _sizes((input_shapes, attrs)):
+            self.specialize(size)
+        return traced, False
+
+    def tracing(self):
+        return _Active(self)
+
+    def forget_tensors(self):
+        self._shapes.clear()
+
+    # --- a later call ----------------------------------------------------------------------------
+    def describe(self, source: str) -> str:
+        """A guard's expression in the call's terms: `L['x'].shape[0] == 1`; a size pinned to its
+        value says where the code needed it as a number."""
+        text = re.sub(r"\bs\d+\b", lambda m: self.symbols[m.group()][0] if m.group() in self.symbols else m.group(),
+                      str(SymInt(source, 0, self)))
+        where = self.specialized.get(str(SymInt(source, 0, self)))
+        return f"{text} (used as a number at {where})" if where else text
+
+    def failed_guard(self, values: dict):
+        """(expression, traced answer, answer now) of the first guard `values` fail, or None."""
+        for source, expected in self.guards.items():
+            now = evaluate(source, values)
+            if now != expected:
+                return source, expected, now
+        return None
+
+
+class _Active:
+    def __init__(self, env):
+        self.env = env
+
+    def __enter__(self):
+        global _tracing
+        self.outer = active()
+        _state.env = self.env
+        with _tracing_lock:
+            _tracing += 1
+
+    def __exit__(self, *exc):
+        global _tracing
+        with _tracing_lock:
+            _tracing -= 1
+        _state.env = self.outer
+
+
+def _sizes(x):
+    """The SymInts in `x` (tuples, lists, dicts, slices)."""
+    if isinstance(x, SymInt):
+        yield x
+    elif isinstance(x, (tuple, list)):
+        for v in x:
+            yield from _sizes(v)
+    elif isinstance(x, dict):
+        for v in x.values():
+            yield from _sizes(v)
+    elif isinstance(x, slice):
+        yield from _sizes((x.start, x.stop, x.step))
+
+
+def is_symbolic(x) -> bool:
+    """Whether `x` (a size, or a tuple/list/dict/slice of them) holds a SymInt."""
+    return next(_sizes(x), None) is not None
+
+
+def substitute(x, values: dict | None = None):
+    """`x` with each SymInt replaced by its value for symbol `values` (None: its traced value),
+    through tuples, lists, dicts and slices; other objects as they are. Records no guard."""
+    if isinstance(x, SymInt):
+        return x.value if values is None else evaluate(x.expr, values)
+    if isinstance(x, tuple):
+        items = tuple(substitute(v, values) for v in x)
+        return type(x)(*items) if hasattr(x, "_fields") else type(x)(items) if type(x) is not tuple else items
+    if isinstance(x, list):
+        return [substitute(v, values) for v in x]
+    if isinstance(x, dict):
+        return {k: substitute(v, values) for k, v in x.items()}
+    if isinstance(x, slice):
+        return slice(substitute(x.start, values), substitute(x.stop, values), substitute(x.step, values))
+    return x
+
+
+def concrete(x):
+    """`x` with its traced values in place of SymInts (for running an op while tracing)."""
+    return substitute(x) if is_symbolic(x) else x
