@@ -9,7 +9,7 @@ import numpy as np
 from . import dtypes
 from .device import as_device
 from .dispatch import dispatch
-from .tensor import Tensor, _shape_arg
+from .tensor import Tensor, _int, _shape_arg
 
 
 def _finish(t, requires_grad):
@@ -219,7 +219,7 @@ def arange(start, end=None, step=1, *, dtype=None, device=None, requires_grad=Fa
         dtype = dtypes.int64 if integral else dtypes.get_default_dtype()
     dtype = dtypes.as_dtype(dtype)
     if not dtype.is_floating_point:  # PyTorch truncates the bounds and step to the integer type first
-        start, end, step = int(start), int(end), int(step)
+        start, end, step = _int(start), _int(end), _int(step)
         if step == 0:
             raise ValueError("step must be nonzero")
     return _factory("arange", dtype, device, requires_grad, start=start, end=end, step=step)

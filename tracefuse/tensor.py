@@ -95,11 +95,16 @@ def _normalize_dims(dim, ndim):
     return tuple(sorted(axes)) if ndim else ()
 
 
+def _int(n):
+    """`n` as a Python int, or as it is if it is a symbolic size (compile(dynamic=True))."""
+    return n if isinstance(n, _symbolic.SymInt) else int(n)
+
+
 def _shape_arg(args):
     """Accept f(2, 3), f((2, 3)), f([2, 3]) and f(Size) alike."""
     if len(args) == 1 and isinstance(args[0], (tuple, list)):
         args = args[0]
-    return tuple(a if isinstance(a, _symbolic.SymInt) else int(a) for a in args)
+    return tuple(_int(a) for a in args)
 
 
 def broadcast_shapes(*shapes):
@@ -754,7 +759,7 @@ class Tensor:
     def __setitem__(self, key, value):
         index, tensors = _index_key(key, self)
         self._check_inplace(narrowing_view=any(
-            item is None or isinstance(item, int) or (isinstance(item, slice) and item != slice(None))
+            item is None or isinstance(item, numbers.Integral) or (isinstance(item, slice) and item != slice(None))
             for item in index))
         if isinstance(value, (int, float)):
             from .creation import tensor
@@ -1405,7 +1410,7 @@ class Tensor:
     def split(self, split_size, dim=0):
         d = _normalize_dim(dim, self.ndim)
         size = self.shape[d]
-        if isinstance(split_size, int):
+        if isinstance(split_size, numbers.Integral):
             if split_size <= 0 and size:
                 raise RuntimeError(f"split_size can only be 0 if dimension size is 0, but got dimension size of {size}")
             pieces = max(-(-size // split_size), 1) if split_size else 1
@@ -1630,7 +1635,7 @@ def _getitem_node_name(index, tensors):
         return "IndexBackward0"
     name = "AliasBackward0"
     for item in index:
-        if isinstance(item, int) and not isinstance(item, bool):
+        if isinstance(item, numbers.Integral) and not isinstance(item, bool):
             name = "SelectBackward0"
         elif isinstance(item, slice) and item != slice(None):
             name = "SliceBackward0"
@@ -1667,15 +1672,15 @@ def _index_key(key, tensor):
             tensors.append(item)
         elif isinstance(item, (bool, np.bool_)):
             items.append(bool(item))
-        elif isinstance(item, (int, np.integer)):
+        elif isinstance(item, (int, np.integer, _symbolic.SymInt)):
             size = tensor.shape[dim]
             if not -size <= item < size:
                 raise IndexError(f"index {item} is out of bounds for dimension {dim} with size {size}")
-            items.append(int(item))
+            items.append(_int(item))
         elif isinstance(item, slice):
             if item.step is not None and item.step <= 0:
                 raise ValueError("step must be greater than zero")
-            items.append(slice(*(None if v is None else int(v) for v in (item.start, item.stop, item.step))))
+            items.append(slice(*(None if v is None else _int(v) for v in (item.start, item.stop, item.step))))
         elif item is None or item is Ellipsis:
             items.append(item)
         else:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tracefuse import dtypes
-from tracefuse.ir.graph import Graph
+from tracefuse.ir.graph import Graph, Ref
 from tracefuse.ir.specialize import SizeMismatch, specialize
 from tracefuse.ir.symbolic import ShapeEnv, SymInt, concrete, evaluate, is_symbolic, substitute
 
@@ -108,8 +108,6 @@ def _graph(env, shape_of_add):
     g = Graph()
     g.add_input("x", (b, 3), dtypes.float32)
     g.add_input("w", (3,), dtypes.float32, kind="param")
-    from tracefuse.ir.graph import Ref
-
     g.add_node("add", (Ref("x"), Ref("w")), {}, {"outputs": [(shape_of_add(b), dtypes.float32)]}, name="y")
     g.add_node("reshape", (Ref("y"),), {"shape": (b * 3,)}, {"outputs": [((b * 3,), dtypes.float32)]}, name="z")
     g.outputs = [Ref("z")]
@@ -136,3 +134,14 @@ def test_messages_show_the_traced_value_and_graphs_the_expression(env):
     assert f"({b}x{t})" == "(6x4)" and f"{b * t:>4}" == "  24"
     assert str(b * t) == "s0 * s1" and repr((b, 3)) == "(s0, 3)"
     assert env.guards == {}
+
+
+def test_specialize_refuses_a_reshape_whose_element_count_no_longer_fits(env):
+    b, _ = sizes(env)
+    g = Graph()
+    g.add_input("x", (b, 3), dtypes.float32)
+    g.add_node("reshape", (Ref("x"),), {"shape": (18,)}, {"outputs": [((18,), dtypes.float32)]}, name="flat")
+    g.outputs = [Ref("flat")]
+    assert specialize(g, {"s0": 6, "s1": 4}).node("flat").attrs == {"shape": (18,)}
+    with pytest.raises(SizeMismatch, match=r"cannot reshape array of size 21 into shape \(18,\)"):
+        specialize(g, {"s0": 7, "s1": 4})

@@ -123,6 +123,38 @@ def test_training_step_with_clipping_and_adam_is_one_graph_for_all_sizes():
     assert cache.warmups == 1  # Adam's first step made its state; the second call traced
 
 
+PATTERNS = {  # size arithmetic users write, each kept symbolic
+    "view": lambda x: x.view(x.size(0), -1) * 2,
+    "new_zeros": lambda x: x.new_zeros(x.size(0), 5) + x.sum(),
+    "slice": lambda x: x[:, : x.size(1) - 1],
+    "index": lambda x: x[x.size(0) - 1],
+    "split": lambda x: x.split(x.size(1) // 2, dim=1)[0],
+    "chunk": lambda x: x.chunk(2, dim=1)[1],
+    "narrow": lambda x: x.narrow(1, 0, x.size(1) - 1),
+    "expand": lambda x: x[:, :1].expand(x.size(0), x.size(1)),
+    "repeat": lambda x: x.unsqueeze(1).repeat(1, x.size(1), 1),
+    "arange": lambda x: tf.arange(x.size(0), dtype=x.dtype) + x[:, 0] * (tf.arange(x.size(0)) < 3),
+    "zeros": lambda x: tf.zeros(x.shape, dtype=x.dtype) + tf.full((x.size(0), 1), 3.0, dtype=x.dtype),
+    "reshape": lambda x: x.reshape(*x.shape[:-1], 2, -1).transpose(0, 1).reshape(2, -1),
+    "flatten": lambda x: x.unsqueeze(0).flatten(1),
+    "mean": lambda x: x.sum(0) / x.size(0),
+    "cat_stack": lambda x: tf.stack([tf.cat([x, x[:, :2]], dim=1)] * 2).sum(0),
+    "gather": lambda x: x.gather(1, tf.zeros(x.size(0), 1, dtype=tf.int64)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_size_arithmetic_stays_symbolic(name):
+    fn = PATTERNS[name]
+    compiled = tf.compile(fn, dynamic=True)
+    for shape in [(4, 6), (5, 8), (7, 6), (3, 10)]:
+        x = tf.randn(*shape, dtype=tf.float64)
+        ours, theirs = compiled(x), fn(x)
+        assert ours.shape == theirs.shape
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), **TIGHT)
+    assert len(compiled_callable(compiled).entries) == 1, compiled_callable(compiled).recompiles
+
+
 # --- guards ----------------------------------------------------------------------------------------
 
 def test_a_branch_on_a_size_retraces_when_it_flips_and_says_why():

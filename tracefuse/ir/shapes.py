@@ -14,6 +14,7 @@ path raises it from the implementation itself (broadcasting, indexing arrays).
 from __future__ import annotations
 
 import math
+import numbers
 
 # --- helpers ---------------------------------------------------------------------------------------
 
@@ -95,7 +96,7 @@ def indexed(x, key, index_shapes):
             continue
         if isinstance(item, bool):
             shape = (1,) if item else (0,)
-        elif isinstance(item, int):
+        elif isinstance(item, numbers.Integral):  # an int, or a symbolic size (dynamic=True)
             shape = ()
             dim += 1
         else:
@@ -106,7 +107,7 @@ def indexed(x, key, index_shapes):
         elif last != i - 1:
             adjacent = False
         advanced.append(shape)
-        if not isinstance(item, int) or isinstance(item, bool):
+        if not isinstance(item, numbers.Integral) or isinstance(item, bool):
             listed.append(shape)  # NumPy's error lists the array-like indices only
         last = i
     if not advanced:
@@ -148,7 +149,7 @@ def from_shape_attr(shapes, attrs):
 def arange(shapes, attrs):
     """As the implementation: the exact count for ints, ceil((end - start) / step) in double otherwise."""
     start, end, step = attrs["start"], attrs["end"], attrs["step"]
-    if all(isinstance(v, int) for v in (start, end, step)):
+    if all(isinstance(v, numbers.Integral) for v in (start, end, step)):
         n = -((start - end) // step)
     else:
         n = math.ceil((end - start) / step)
@@ -210,9 +211,12 @@ def matmul(shapes, attrs):
 
 
 def reshape(shapes, attrs):
-    """The target shape, a -1 in it (if any) solved from the element count."""
+    """The target shape, a -1 in it (if any) solved from the element count; NumPy's error when the
+    counts differ (a graph made concrete for new sizes is checked by this rule)."""
     target = tuple(attrs["shape"])
     if not any(n == -1 for n in target):
+        if numel(target) != numel(shapes[0]):
+            raise ValueError(f"cannot reshape array of size {numel(shapes[0])} into shape {target}")
         return (target,)
     known = numel(n for n in target if n != -1)
     return (tuple(numel(shapes[0]) // known if n == -1 else n for n in target),)

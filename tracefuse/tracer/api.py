@@ -54,6 +54,7 @@ class Entry:
     reason: str = ""
     devices: frozenset = frozenset()  # of the call's tensors: the recompile limit counts per device set
     sized: dict = field(default_factory=dict)  # dynamic=True: symbol values -> the graphs made concrete
+    _sized_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # replicas' threads
 
     def for_sizes(self, leaves):
         """The captured call for the sizes of the call's tensor `leaves`: itself, or (dynamic=True)
@@ -63,13 +64,14 @@ class Entry:
             return c
         values = symbol_values(c, leaves)
         key = tuple(values.values())
-        sized = self.sized.get(key)
-        if sized is None:
-            sized = dataclasses.replace(c, forward=specialize(c.forward, values), replay=None, launches=[],
-                                        backward=None if c.backward is None else specialize(c.backward, values))
-            if len(self.sized) >= _SIZED_LIMIT:
-                self.sized.pop(next(iter(self.sized)))
-            self.sized[key] = sized
+        with self._sized_lock:
+            sized = self.sized.get(key)
+            if sized is None:
+                sized = dataclasses.replace(c, forward=specialize(c.forward, values), replay=None, launches=[],
+                                            backward=None if c.backward is None else specialize(c.backward, values))
+                if len(self.sized) >= _SIZED_LIMIT:  # the oldest size goes
+                    self.sized.pop(next(iter(self.sized)))
+                self.sized[key] = sized
         return sized
 
 
