@@ -145,3 +145,10 @@ def test_specialize_refuses_a_reshape_whose_element_count_no_longer_fits(env):
     assert specialize(g, {"s0": 6, "s1": 4}).node("flat").attrs == {"shape": (18,)}
     with pytest.raises(SizeMismatch, match=r"cannot reshape array of size 21 into shape \(18,\)"):
         specialize(g, {"s0": 7, "s1": 4})
+
+
+def test_a_guard_that_divides_by_a_size_now_zero_fails_instead_of_raising(env):
+    b, t = sizes(env)
+    assert (12 // (b - t)) == 6
+    assert env.failed_guard({"s0": 4, "s1": 4}) == ("(12 // (s0 - s1)) == 6", True,
+                                                    "ZeroDivisionError: integer division or modulo by zero")

@@ -8,6 +8,7 @@ the decision traces again and the recompile names the size, in the call's terms.
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -209,6 +210,18 @@ def test_explain_shows_the_symbolic_graph_its_symbols_and_size_guards():
     text = str(report)
     assert "== symbols ==\ns0 = L['input'].shape[0] (traced at 4)" in text
     assert len(compiled_callable(compiled).entries) == 1
+
+
+def test_dump_writes_the_symbolic_graphs_and_size_guards(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACEFUSE_DUMP", "graph,optimized,guards")
+    monkeypatch.setenv("TRACEFUSE_DUMP_DIR", str(tmp_path))
+    compiled = tf.compile(nn.Linear(3, 2).double(), dynamic=True)
+    compiled(tf.randn(5, 3, dtype=tf.float64))
+    (folder,) = tmp_path.iterdir()
+    assert "f64[s0,2]" in (folder / "optimized.txt").read_text()
+    shapes = [o["shape"] for n in json.loads((folder / "optimized.json").read_text())["nodes"] for o in n["outputs"]]
+    assert ["s0", "s1"] in shapes and ["s0", 2] in shapes
+    assert "L['input'].shape[1] != 3 == False" in (folder / "guards.txt").read_text()
 
 
 def test_a_feature_size_the_module_checks_retraces_and_then_errors_like_eager():

@@ -193,7 +193,7 @@ class Graph:
 
         nodes = [{"name": n.name, "op": n.op, "inputs": encode(n.inputs),
                   "attrs": {k: encode(v) for k, v in n.attrs.items()},
-                  "outputs": [{"shape": list(s), "dtype": getattr(d, "name", str(d))}
+                  "outputs": [{"shape": encode(s), "dtype": getattr(d, "name", str(d))}  # symbolic sizes as text
                               for s, d in n.meta.get("outputs", [])],
                   "scope": n.meta.get("scope"), "source": n.meta.get("source"),
                   **({"value": _const_json(n)} if n.attrs.get("kind") == "const" else {})} for n in self.nodes]

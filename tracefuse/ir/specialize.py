@@ -26,8 +26,11 @@ def specialize(graph: Graph, values: dict) -> Graph:
     shapes = {}  # node name -> its output shapes, as checked
     for node in graph.nodes:
         meta = {k: list(v) if isinstance(v, list) else v for k, v in node.meta.items()}
-        meta["outputs"] = [(substitute(tuple(s), values), d) for s, d in node.meta["outputs"]]
-        inputs, attrs = substitute(tuple(node.inputs), values), substitute(node.attrs, values)
+        try:
+            meta["outputs"] = [(substitute(tuple(s), values), d) for s, d in node.meta["outputs"]]
+            inputs, attrs = substitute(tuple(node.inputs), values), substitute(node.attrs, values)
+        except ArithmeticError as exc:  # a size expression that divides by one that is now 0
+            raise SizeMismatch(f"%{node.name} ({node.op}): {exc}") from None
         if node.op != PLACEHOLDER and not node.meta.get("shape_traced"):
             given = [tuple(shapes[x.node][x.index]) if isinstance(x, Ref) else None for x in inputs]
             try:

@@ -270,7 +270,10 @@ class ShapeEnv:
     def failed_guard(self, values: dict):
         """(expression, traced answer, answer now) of the first guard `values` fail, or None."""
         for source, expected in self.guards.items():
-            now = evaluate(source, values)
+            try:
+                now = evaluate(source, values)
+            except ArithmeticError as exc:  # a size the traced code divided by is now 0
+                now = f"{type(exc).__name__}: {exc}"
             if now != expected:
                 return source, expected, now
         return None
