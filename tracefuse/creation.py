@@ -9,6 +9,7 @@ import numpy as np
 from . import dtypes
 from .device import as_device
 from .dispatch import dispatch
+from .ir.symbolic import SymInt
 from .tensor import Tensor, _int, _shape_arg
 
 
@@ -128,6 +129,8 @@ def tensor(data, dtype=None, device=None, requires_grad=False, pin_memory=False)
             "To copy construct from a tensor, it is recommended to use sourceTensor.clone().detach() or "
             "sourceTensor.clone().detach().requires_grad_(True), rather than tracefuse.tensor(sourceTensor).",
             UserWarning, stacklevel=2)
+    if isinstance(data, SymInt) and data.env.open:  # dynamic=True: a size as a value stays symbolic
+        return full((), data, dtype=dtype or dtypes.int64, device=device, requires_grad=requires_grad)
     target = _infer_dtype(data, dtype)
     device = as_device(device)
     if device.type != "cpu":

@@ -1,6 +1,8 @@
 """dtypes: tracefuse's scalar types, their NumPy storage types and PyTorch's promotion rules."""
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import ml_dtypes
 
@@ -106,7 +108,7 @@ def scalar_dtype(value) -> dtype:
     """The dtype PyTorch gives a Python scalar taking part in an operation."""
     if isinstance(value, (bool, np.bool_)):
         return bool_
-    if isinstance(value, (int, np.integer)):
+    if isinstance(value, (int, np.integer, numbers.Integral)):  # Integral: a symbolic size (dynamic=True)
         return int64
     if isinstance(value, (float, np.floating)):
         return _default_float

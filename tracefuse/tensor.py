@@ -201,6 +201,9 @@ class Tensor:
 
     def stride(self, dim=None):
         strides = tuple(s // self._dtype.itemsize for s in self._data.strides)
+        env = _symbolic.active()
+        if env is not None:  # dynamic=True: strides follow the symbolic sizes, or pin them all
+            strides = env.strides(self.shape, strides)
         return strides if dim is None else strides[_normalize_dim(dim, self.ndim)]
 
     def is_contiguous(self):
@@ -761,7 +764,7 @@ class Tensor:
         self._check_inplace(narrowing_view=any(
             item is None or isinstance(item, numbers.Integral) or (isinstance(item, slice) and item != slice(None))
             for item in index))
-        if isinstance(value, (int, float)):
+        if isinstance(value, (int, float, _symbolic.SymInt)):
             from .creation import tensor
             value = tensor(value, dtype=self._dtype, device=self._device)
         elif not isinstance(value, Tensor):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import numpy as np
 import pytest
@@ -96,6 +97,26 @@ def test_recurrent_layers_serve_every_batch_and_length(kind, batch_first, bidire
     assert "s0" in str(graph) and "s1" in str(graph)  # the scans are over symbolic lengths and batches
 
 
+class HandWrittenCell(nn.Module):
+    def __init__(self, input_size, hidden_size):
+        super().__init__()
+        self.ih, self.hh = nn.Linear(input_size, 4 * hidden_size), nn.Linear(hidden_size, 4 * hidden_size)
+
+    def forward(self, x, h, c):
+        i, f, g, o = (self.ih(x) + self.hh(h)).chunk(4, 1)
+        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+        return o.sigmoid() * c.tanh(), c
+
+
+def test_a_hand_written_cell_fuses_once_for_every_batch_even_one_as_wide_as_the_state():
+    rng = np.random.default_rng(3)
+    compiled = check_dynamic(HandWrittenCell(3, 6).double(),
+                             [[rng.standard_normal((B, 3)), rng.standard_normal((B, 6)), rng.standard_normal((B, 6))]
+                              for B in (4, 6, 5, 6)])
+    ops = [n.op for n in compiled_callable(compiled).entries[0].captured.forward.nodes if n.op != "input"]
+    assert ops[0] == "lstm_cell" and "sigmoid" not in ops
+
+
 @given(st.lists(st.tuples(st.integers(2, 6), st.integers(2, 6)), min_size=2, max_size=4))
 @settings(max_examples=10, deadline=None)
 def test_hypothesis_lstm_over_random_sizes_is_one_graph(sizes):
@@ -112,7 +133,7 @@ def test_training_step_with_clipping_and_adam_is_one_graph_for_all_sizes():
     compiled = tf.compile(make_step(model, opt, sequence_ce, 2.0), dynamic=True)
     eager = make_step(twin, twin_opt, sequence_ce, 2.0)
     rng = np.random.default_rng(0)
-    for step, (T, B) in enumerate([(6, 3), (6, 3), (4, 5), (9, 2), (3, 3)]):
+    for step, (T, B) in enumerate([(6, 3), (6, 3), (4, 5), (9, 2), (5, 4), (3, 3)]):  # 5, 4: the LSTM and embedding widths
         batch = [tf.tensor(rng.integers(0, 12, (T, B))) for _ in range(2)]
         (loss, total), (e_loss, e_total) = compiled(*batch), eager(*batch)
         np.testing.assert_allclose(loss.item(), e_loss.item(), err_msg=f"step {step}", **TIGHT)
@@ -142,6 +163,72 @@ PATTERNS = {  # size arithmetic users write, each kept symbolic
     "cat_stack": lambda x: tf.stack([tf.cat([x, x[:, :2]], dim=1)] * 2).sum(0),
     "gather": lambda x: x.gather(1, tf.zeros(x.size(0), 1, dtype=tf.int64)),
 }
+
+
+# Ways a size reaches values rather than shapes: each must follow the call's sizes (one graph where
+# the size stays symbolic, a retrace where Python needed its number), never the traced one.
+VALUES = {
+    "mask_from_a_fixed_arange": (lambda x: (tf.arange(8) < x.shape[0]).double() * x.sum(), 1),
+    "scalar_times_constant": (lambda x: tf.ones(2, dtype=x.dtype) * x.shape[0] + x.sum(), 1),
+    "full_of_a_size": (lambda x: tf.full((2,), x.shape[0], dtype=x.dtype) + x.sum(), 1),
+    "size_times_tensor": (lambda x: x.shape[0] * x + x.shape[1] - x, 1),
+    "size_as_a_tensor": (lambda x: tf.tensor(x.shape[0]) * x, 1),
+    "integer_division_by_a_size": (lambda x: (tf.arange(24) // x.shape[1]).double() + x.sum(), 1),
+    "setitem_a_size": (lambda x: _set_first(x.sum(0), x.shape[0]), 1),
+    "contiguous_strides": (lambda x: x * x.stride(0), 1),
+    "size_in_a_set": (lambda x: x * (2.0 if x.shape[0] in {3, 4} else 1.0), 3),
+    "size_as_a_dict_key": (lambda x: x * {3: 1.0, 5: 2.0}.get(x.shape[0], -1.0), 3),
+    "size_in_a_string": (lambda x: x * {"3": 1.0, "5": 2.0, "6": 3.0}[f"{x.shape[0]}"], 3),
+    "size_as_a_float": (lambda x: x / math.sqrt(x.shape[1]), 2),
+    "transposed_strides": (lambda x: x * x.t().stride(1), 3),
+}
+
+
+def _set_first(row, value):
+    row = row.clone()
+    row[0] = value
+    return row
+
+
+@pytest.mark.parametrize("name", sorted(VALUES))
+def test_sizes_used_as_values_follow_each_call(name):
+    fn, traces = VALUES[name]
+    compiled = tf.compile(fn, dynamic=True)
+    for shape in [(3, 4), (5, 4), (6, 7), (3, 4)]:
+        x = tf.randn(*shape, dtype=tf.float64)
+        np.testing.assert_allclose(compiled(x).numpy(), fn(x).numpy(), err_msg=str(shape), **TIGHT)
+    assert len(compiled_callable(compiled).entries) == traces, compiled_callable(compiled).recompiles
+
+
+def test_a_returned_size_is_the_call_number():
+    f = tf.compile(lambda x: (x.sum(), x.shape[0], x.shape), dynamic=True)
+    for n in (3, 5):
+        total, rows, shape = f(tf.ones(n, 2))
+        assert (total.item(), rows, shape) == (2.0 * n, n, (n, 2)) and type(rows) is int
+
+
+def test_a_size_kept_on_a_module_is_a_number_after_its_trace():
+    class Last(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.last = None
+
+        def forward(self, x):
+            y = x * 1.0
+            if self.last is not None and self.last == x.shape[0]:
+                y = y * 2
+            self.last = x.shape[0]  # a side effect: only the traces run it
+            return y
+
+    model, twin = Last(), Last()
+    compiled = tf.compile(model, dynamic=True)
+    sizes = (3, 3, 5, 5, 3)
+    outputs = [compiled(tf.ones(n, 2))[0, 0].item() for n in sizes]
+    assert outputs == [twin(tf.ones(n, 2))[0, 0].item() for n in sizes] == [1.0, 2.0, 1.0, 2.0, 1.0]
+    # The kept size compared with the next trace's size as the number it was, and that comparison
+    # was guarded: every size change retraced.
+    assert model.last == 3 and str(model.last) == "3" and hash(model.last) == hash(3)
+    assert "guard failed: L['x'].shape[0] == 3: True -> False" in map(str, compiled_callable(compiled).recompiles)
 
 
 @pytest.mark.parametrize("name", sorted(PATTERNS))

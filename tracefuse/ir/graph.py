@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from . import ops as _ops
+from .symbolic import SymInt
 
 PLACEHOLDER = "input"  # graph inputs: user arguments, parameters and buffers (named in attrs)
 
@@ -50,15 +51,15 @@ _DTYPE_SHORT = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64
 
 def _type_str(shape, dtype):
     name = getattr(dtype, "name", str(dtype))
-    return f"{_DTYPE_SHORT.get(name, name)}[{','.join(str(s) for s in shape)}]"
+    return f"{_DTYPE_SHORT.get(name, name)}[{','.join(repr(s) for s in shape)}]"  # repr: symbolic sizes as s0
 
 
 def _attr_str(value):
     if isinstance(value, tuple):
         return "(" + ", ".join(_attr_str(v) for v in value) + ("," if len(value) == 1 else "") + ")"
     if isinstance(value, slice):
-        return f"{'' if value.start is None else value.start}:{'' if value.stop is None else value.stop}" + \
-            ("" if value.step is None else f":{value.step}")
+        start, stop, step = ("" if v is None else repr(v) for v in (value.start, value.stop, value.step))
+        return f"{start}:{stop}" + (f":{step}" if step else "")
     if value is Ellipsis:
         return "..."
     return repr(value)
@@ -189,7 +190,7 @@ class Graph:
                 return [encode(v) for v in x]
             if isinstance(x, (int, float, str, bool)) or x is None:
                 return x
-            return _attr_str(x) if isinstance(x, slice) or x is Ellipsis else str(x)
+            return _attr_str(x) if isinstance(x, (slice, SymInt)) or x is Ellipsis else str(x)
 
         nodes = [{"name": n.name, "op": n.op, "inputs": encode(n.inputs),
                   "attrs": {k: encode(v) for k, v in n.attrs.items()},

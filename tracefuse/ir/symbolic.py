@@ -51,14 +51,27 @@ class SymInt:
         self.expr, self.value, self.env = expr, value, env
 
     # --- staying symbolic ----------------------------------------------------------------------
-    def _combine(self, other, symbol, fn, reflected=False):
+    def _operand(self, other):
+        """`other` as (expression, value) if it is a size of this trace or an int; its value if it
+        is a size kept from a finished trace; None for anything else."""
         if isinstance(other, SymInt):
-            other_expr, other_value = other.expr, other.value
-        elif isinstance(other, numbers.Integral) and not isinstance(other, bool):
-            other_expr, other_value = str(int(other)), int(other)
-        else:  # a float (s0 * 0.5) or anything else: the size's value takes part
-            value = self.__index__()
+            return (other.expr, other.value) if other.env is self.env else other.value
+        if isinstance(other, numbers.Integral) and not isinstance(other, bool):
+            return str(int(other)), int(other)
+        return None
+
+    def _combine(self, other, symbol, fn, reflected=False):
+        if not self.env.open:  # a size kept past its trace (in a module attribute): the number it was
+            return fn(other, self.value) if reflected else fn(self.value, other)
+        operand = self._operand(other)
+        if isinstance(operand, int):
+            operand = (str(operand), operand)
+        if operand is None:
+            if not isinstance(other, numbers.Real):
+                return NotImplemented  # a tensor: its reflected method records the size as a scalar input
+            value = self.__index__()  # a float (s0 * 0.5): the size's value takes part
             return fn(other, value) if reflected else fn(value, other)
+        (other_expr, other_value) = operand
         a, b = (other_expr, self.expr) if reflected else (self.expr, other_expr)
         va, vb = (other_value, self.value) if reflected else (self.value, other_value)
         simple = _simplified(symbol, a, b)
@@ -97,25 +110,27 @@ class SymInt:
         return self._combine(other, "%", operator.mod, reflected=True)
 
     def __neg__(self):
-        return SymInt(f"(-{self.expr})", -self.value, self.env)
+        return SymInt(f"(-{self.expr})", -self.value, self.env) if self.env.open else -self.value
 
     def __pos__(self):
         return self
 
     def __abs__(self):
-        return self if self.value >= 0 and self.env.decide(f"{self.expr} >= 0", True) else -self
+        return self if self >= 0 else -self
 
     # --- deciding: the traced answer, guarded --------------------------------------------------
     def _compare(self, other, symbol, fn):
-        if isinstance(other, SymInt) and other.expr == self.expr:
-            return fn(0, 0)
-        if isinstance(other, SymInt):
-            return self.env.decide(f"{self.expr} {symbol} {other.expr}", fn(self.value, other.value))
-        if isinstance(other, numbers.Integral):
-            return self.env.decide(f"{self.expr} {symbol} {int(other)}", fn(self.value, int(other)))
-        if isinstance(other, numbers.Real):
-            return fn(self.__index__(), other)
-        return NotImplemented
+        if not self.env.open:
+            return fn(self.value, other)
+        operand = self._operand(other)
+        if isinstance(operand, int):
+            operand = (str(operand), operand)
+        if operand is None:
+            return fn(self.__index__(), other) if isinstance(other, numbers.Real) else NotImplemented
+        other_expr, other_value = operand
+        if other_expr == self.expr:
+            return fn(0, 0)  # the same expression: no guard needed
+        return self.env.decide(f"{self.expr} {symbol} {other_expr}", fn(self.value, other_value))
 
     def __eq__(self, other):
         return self._compare(other, "==", operator.eq)
@@ -136,16 +151,35 @@ class SymInt:
         return self._compare(other, ">=", operator.ge)
 
     def __bool__(self):
-        return self.env.decide(f"{self.expr} != 0", self.value != 0)
+        return self.env.decide(f"{self.expr} != 0", self.value != 0) if self.env.open else self.value != 0
 
     def __index__(self):
-        self.env.specialize(self)
+        if self.env.open:
+            self.env.specialize(self)
         return self.value
 
+    # Everything else that needs a number takes the pinned value: int(), float(), hash() (so a
+    # dict or set of sizes, an lru_cache keyed by one, answers as for the number), str() and
+    # f-strings (a string made from a size can steer Python as well), NumPy (np.array(x.shape)),
+    # true division, powers, rounding and bit operations. repr() is the expression: graphs print it.
     __int__ = __index__
 
     def __float__(self):
         return float(self.__index__())
+
+    def __hash__(self):
+        return hash(self.__index__())
+
+    def __str__(self):
+        return str(self.__index__())
+
+    def __format__(self, spec):
+        return format(self.__index__(), spec)
+
+    def __array__(self, dtype=None, copy=None):
+        import numpy as np
+
+        return np.asarray(self.__index__(), dtype=dtype)
 
     def __truediv__(self, other):
         return self.__index__() / other
@@ -156,22 +190,55 @@ class SymInt:
     def __pow__(self, other):
         return self.__index__() ** other
 
-    def __hash__(self):
-        # By expression, without a guard: graph passes key nodes by their attrs (CSE). A SymInt and
-        # the int it equals at the trace land in different buckets, so a dict never equates them
-        # unguarded; equal expressions compare equal without a guard (below).
-        return hash(self.expr)
+    def __rpow__(self, other):
+        return other ** self.__index__()
 
-    def __format__(self, spec):
-        # f-strings are messages (PyTorch's errors name the sizes): the traced value, unguarded.
-        # str() and repr() are the expression, as graphs print it.
-        return format(self.value, spec)
+    def __round__(self, ndigits=None):
+        return self.__index__()
 
-    def __str__(self):
-        expr = self.expr
-        return expr[1:-1] if expr.startswith("(") and expr.endswith(")") and _balanced(expr[1:-1]) else expr
+    def __divmod__(self, other):
+        return divmod(self.__index__(), other)
 
-    __repr__ = __str__
+    def __rdivmod__(self, other):
+        return divmod(other, self.__index__())
+
+    def __and__(self, other):
+        return self.__index__() & other
+
+    __rand__ = __and__
+
+    def __or__(self, other):
+        return self.__index__() | other
+
+    __ror__ = __or__
+
+    def __xor__(self, other):
+        return self.__index__() ^ other
+
+    __rxor__ = __xor__
+
+    def __lshift__(self, other):
+        return self.__index__() << other
+
+    def __rshift__(self, other):
+        return self.__index__() >> other
+
+    def __rlshift__(self, other):
+        return other << self.__index__()
+
+    def __rrshift__(self, other):
+        return other >> self.__index__()
+
+    def __invert__(self):
+        return ~self.__index__()
+
+    def __repr__(self):
+        return pretty(self.expr)
+
+
+def pretty(expr: str) -> str:
+    """An expression without its outermost parentheses: `s0 * s1`."""
+    return expr[1:-1] if expr.startswith("(") and expr.endswith(")") and _balanced(expr[1:-1]) else expr
 
 
 numbers.Integral.register(SymInt)
@@ -211,6 +278,7 @@ class ShapeEnv:
         self.guards: dict[str, object] = {}  # expression source -> its value in the traced call
         self.specialized: dict[str, str] = {}  # symbol expression -> where Python needed its value
         self._shapes: dict[int, tuple] = {}  # id(tensor) -> (tensor, symbolic shape), while tracing
+        self.open = True  # until its trace ends: a size kept past it (a module attribute) is a number
 
     def symbol(self, label: str, value: int) -> SymInt:
         name = f"s{len(self.symbols)}"
@@ -225,7 +293,7 @@ class ShapeEnv:
         if size.expr not in self.guards:
             from ..tracer.context import user_source
 
-            self.specialized[str(size)] = user_source() or "?"
+            self.specialized[pretty(size.expr)] = user_source() or "?"
         self.decide(size.expr, size.value)
 
     # --- tensors' symbolic shapes while tracing --------------------------------------------------
@@ -255,16 +323,31 @@ class ShapeEnv:
     def tracing(self):
         return _Active(self)
 
-    def forget_tensors(self):
+    def strides(self, shape, traced):
+        """A tensor's strides in elements: symbolic for the standard layout of `shape`, else the
+        `traced` ones with every symbol pinned (they depend on storage the sizes do not show)."""
+        strides, step = [], 1
+        for n in reversed(shape):
+            strides.insert(0, step)
+            step = step * n
+        if [substitute(s) for s in strides] == list(traced):
+            return tuple(strides)
+        for name, (_, value) in self.symbols.items():
+            self.specialize(SymInt(name, value, self))
+        return traced
+
+    def close(self):
+        """The trace is over: its sizes, wherever they were kept, act as the numbers they were."""
         self._shapes.clear()
+        self.open = False
 
     # --- a later call ----------------------------------------------------------------------------
     def describe(self, source: str) -> str:
         """A guard's expression in the call's terms: `L['x'].shape[0] == 1`; a size pinned to its
         value says where the code needed it as a number."""
         text = re.sub(r"\bs\d+\b", lambda m: self.symbols[m.group()][0] if m.group() in self.symbols else m.group(),
-                      str(SymInt(source, 0, self)))
-        where = self.specialized.get(str(SymInt(source, 0, self)))
+                      pretty(source))
+        where = self.specialized.get(pretty(source))
         return f"{text} (used as a number at {where})" if where else text
 
     def failed_guard(self, values: dict):
@@ -316,21 +399,38 @@ def is_symbolic(x) -> bool:
     return next(_sizes(x), None) is not None
 
 
-def substitute(x, values: dict | None = None):
-    """`x` with each SymInt replaced by its value for symbol `values` (None: its traced value),
-    through tuples, lists, dicts and slices; other objects as they are. Records no guard."""
+def _map(x, fn):
+    """`x` with `fn` applied to each SymInt, through tuples (named ones too), lists, dicts and slices."""
     if isinstance(x, SymInt):
-        return x.value if values is None else evaluate(x.expr, values)
+        return fn(x)
     if isinstance(x, tuple):
-        items = tuple(substitute(v, values) for v in x)
-        return type(x)(*items) if hasattr(x, "_fields") else type(x)(items) if type(x) is not tuple else items
+        items = tuple(_map(v, fn) for v in x)
+        return type(x)(*items) if hasattr(x, "_fields") else type(x)(items)
     if isinstance(x, list):
-        return [substitute(v, values) for v in x]
+        return [_map(v, fn) for v in x]
     if isinstance(x, dict):
-        return {k: substitute(v, values) for k, v in x.items()}
+        return {k: _map(v, fn) for k, v in x.items()}
     if isinstance(x, slice):
-        return slice(substitute(x.start, values), substitute(x.stop, values), substitute(x.step, values))
+        return slice(_map(x.start, fn), _map(x.stop, fn), _map(x.step, fn))
     return x
+
+
+def substitute(x, values: dict | None = None):
+    """`x` with each SymInt replaced by its value for symbol `values` (None: its traced value).
+    Records no guard."""
+    return _map(x, lambda size: size.value if values is None else evaluate(size.expr, values))
+
+
+def pinned(x):
+    """`x` with each SymInt replaced by its value, pinned by a guard (a size returned by a call)."""
+    return _map(x, SymInt.__index__) if is_symbolic(x) else x
+
+
+def matches(a, b) -> bool:
+    """For passes: whether sizes or shapes `a` and `b` are equal. Guarded when they are (the rewrite
+    that equality enables holds only while it does); unguarded when they are not, since a pass only
+    declines a rewrite then, which stays right whatever the sizes of a later call."""
+    return substitute(a) == substitute(b) and a == b
 
 
 def concrete(x):

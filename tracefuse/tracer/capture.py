@@ -97,7 +97,7 @@ def capture(invoke, arguments, named_state, scopes, originals=None, dynamic=Fals
         with env.tracing():
             captured = _capture(invoke, arguments, named_state, scopes, originals, shapes)
     finally:
-        env.forget_tensors()
+        env.close()
     captured.env, captured.symbol_dims = env, symbol_dims
     return captured
 
@@ -112,7 +112,7 @@ def _capture(invoke, arguments, named_state, scopes, originals=None, arg_shapes=
                 ctx.add_input(name, tensor, kind)
             arg_names = [ctx.add_input(_placeholder_name(p), s, "arg", shape=shape).node
                          for p, s, shape in zip(paths, stand_ins, arg_shapes or [None] * len(paths))]
-            result = invoke(pytree.unflatten(spec, stand_ins))
+            result = symbolic.pinned(invoke(pytree.unflatten(spec, stand_ins)))  # a returned size is a number
             out_leaves, out_spec, _ = pytree.flatten(result)
             if _has_opaque(out_spec):
                 raise TracingError("tracefuse.compile: the function returns a Python object that is not a tensor, "

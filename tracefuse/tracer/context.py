@@ -343,6 +343,8 @@ def _guard_value(value):
 
     if isinstance(value, Tensor):
         return f"<tensor at {id(value):#x}>"
+    if isinstance(value, symbolic.SymInt):  # a size a trace stored: the number it stands for
+        return Const(value.value)
     if isinstance(value, PLAIN):
         return Const(value)
     leaves, spec, _ = flatten(value)

@@ -25,7 +25,8 @@ def _is_source(graph, ref) -> bool:
     """A value computable without any run-time input: a const or a deterministic creation node."""
     node = graph.node(ref.node)
     op = ops.OPS.get(node.op)
-    return is_const(graph, ref) or (op is not None and op.kind == "creation" and not op.random)
+    return is_const(graph, ref) or (op is not None and op.kind == "creation" and not op.random
+                                    and not symbolic.is_symbolic(node.attrs))
 
 
 def _foldable(graph, node, returned) -> bool:
@@ -37,8 +38,8 @@ def _foldable(graph, node, returned) -> bool:
     if device is not None and as_device(device).type != "cpu":
         return False  # only the CPU can run ops at compile time
     shapes = [shape for shape, _ in node.meta.get("outputs", [])]
-    if symbolic.is_symbolic(shapes):
-        return False  # a constant has one size; a symbolic one (dynamic=True) has one per call
+    if symbolic.is_symbolic((shapes, node.inputs, node.attrs)):
+        return False  # a constant has one value; one made from a symbolic size (dynamic=True) has one per call
     return sum(math.prod(shape) for shape in shapes) <= FOLD_LIMIT and all(_is_source(graph, r) for r in node.refs)
 
 

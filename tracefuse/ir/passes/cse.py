@@ -10,6 +10,7 @@ from __future__ import annotations
 from .. import ops
 from ..graph import PLACEHOLDER, Graph, Ref
 from ..rewrite import PassLog, replace_node
+from ..symbolic import SymInt
 
 
 def structural_key(value):
@@ -24,6 +25,8 @@ def structural_key(value):
         return (type(value).__name__, tuple(structural_key(v) for v in value))
     if isinstance(value, slice):
         return ("slice", structural_key(value.start), structural_key(value.stop), structural_key(value.step))
+    if isinstance(value, SymInt):  # by expression: hashing a size would pin it (ir/symbolic.py)
+        return ("size", value.expr)
     return (type(value).__name__, value)
 
 

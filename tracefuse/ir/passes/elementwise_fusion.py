@@ -14,6 +14,7 @@ from __future__ import annotations
 from .. import ops, shapes
 from ..graph import PLACEHOLDER, Graph, Ref
 from ..rewrite import PassLog
+from ..symbolic import matches
 
 
 def _fusible(node) -> bool:
@@ -89,7 +90,7 @@ def elementwise_fusion(graph: Graph, log: PassLog | None = None) -> Graph:
     shape = groups.node_shape
     for node in fusible:  # producers of the same shape
         for ref in node.refs:
-            if shape.get(ref.node) == shape[node.name]:
+            if ref.node in shape and matches(shape[ref.node], shape[node.name]):
                 groups.merge(node.name, ref.node, shape[node.name])
     outputs = {r.node for r in graph.outputs if isinstance(r, Ref)}
     seen = set()
@@ -102,7 +103,8 @@ def elementwise_fusion(graph: Graph, log: PassLog | None = None) -> Graph:
         if len(readers) != 1 or None in readers or outputs & set(groups.members[root]):
             continue
         (target,) = readers
-        if groups.shape[target] != groups.shape[root] and _broadcasts_to(groups.shape[root], groups.shape[target]):
+        small, big = groups.shape[root], groups.shape[target]
+        if not matches(big, small) and _broadcasts_to(small, big):
             groups.merge(target, root, groups.shape[target])
     for node in graph.nodes:
         node.meta.pop("group", None)
@@ -113,7 +115,7 @@ def elementwise_fusion(graph: Graph, log: PassLog | None = None) -> Graph:
         for name in names:
             graph.node(name).meta["group"] = label
         log.record("elementwise_fusion", "fuse_elementwise", names,
-                   f"{label}: {len(names)} nodes over [{','.join(map(str, groups.shape[root]))}]")
+                   f"{label}: {len(names)} nodes over [{','.join(map(repr, groups.shape[root]))}]")
     return graph
 
 

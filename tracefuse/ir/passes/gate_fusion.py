@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from ... import dtypes
 from ..graph import Graph, Ref
 from ..rewrite import PassLog, Rule, apply_rules, inherited_meta
+from ..symbolic import matches
 
 
 # --- a small matcher of expression patterns ----------------------------------------------------------
@@ -159,16 +160,16 @@ def _affine(graph, total):
         if not isinstance(x, Ref):
             return False
         node, shape = graph.node(x.node), _shape(graph, x)
-        if node.op == "add" and shape == full:
+        if node.op == "add" and matches(shape, full):
             nodes.append(node.name)
             return visit(node.inputs[0]) and visit(node.inputs[1])
-        if node.op == "matmul" and shape == full and all(isinstance(a, Ref) and len(_shape(graph, a)) == 2
+        if node.op == "matmul" and matches(shape, full) and all(isinstance(a, Ref) and len(_shape(graph, a)) == 2
                                                         for a in node.inputs):
             nodes.append(node.name)
             projections.append(Projection(node.inputs[0], node.inputs[1], node.name))
             return True
         biases.append(x)
-        return shape == full[-1:]
+        return matches(shape, full[-1:])
 
     return (projections, biases, nodes) if len(full) == 2 and visit(total) else None
 
@@ -186,7 +187,7 @@ def _input_and_hidden(graph, projections, cell_op, H):
     as x a row x[t] of a sequence, then the order written (x first). None if no order fits."""
     if len(projections) != 2:
         return None
-    orders = [p for p in (tuple(projections), tuple(projections[::-1])) if _shape(graph, p[1].input)[1] == H]
+    orders = [p for p in (tuple(projections), tuple(projections[::-1])) if matches(_shape(graph, p[1].input)[1], H)]
 
     def preference(order):
         x, h = order
@@ -277,7 +278,7 @@ def _match_lstm(graph, root):
         H = _shape(graph, gates)[1] // 4
         order = _input_and_hidden(graph, projections, "lstm_cell", H)
         c = env["c"]
-        if order is None or not isinstance(c, Ref) or _shape(graph, c) != _shape(graph, order[1].input):
+        if order is None or not isinstance(c, Ref) or not matches(_shape(graph, c), _shape(graph, order[1].input)):
             continue
         x, h = order
         inputs = [x.input, h.input, c, _cell_weight(graph, x), _cell_weight(graph, h), *_bias_pair(biases)]
@@ -295,14 +296,14 @@ def _match_gru(graph, root):
         for env, nodes in _matches(graph, update, Ref(root.name), {}, ()):
             gi = _gate_blocks(graph, [env["x_r"], env["x_z"], env["x_n"]])
             gh = _gate_blocks(graph, [env["h_r"], env["h_z"], env["h_n"]])
-            if gi is None or gh is None or _shape(graph, gi) != _shape(graph, gh):
+            if gi is None or gh is None or not matches(_shape(graph, gi), _shape(graph, gh)):
                 continue
             affine_i, affine_h, h = _affine(graph, gi), _affine(graph, gh), env["h"]
             if affine_i is None or affine_h is None:
                 continue
             (pi, bi, ni), (ph, bh, nh) = affine_i, affine_h
             if len(pi) != 1 or len(ph) != 1 or len(bi) > 1 or len(bh) > 1 or ph[0].input != h \
-                    or _shape(graph, h)[1] != _shape(graph, gi)[1] // 3:
+                    or not matches(_shape(graph, h)[1], _shape(graph, gi)[1] // 3):
                 continue
             b_ih = bi[0] if bi else ZeroBias(bh[0]) if bh else None
             b_hh = bh[0] if bh else ZeroBias(bi[0]) if bi else None
