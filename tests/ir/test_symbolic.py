@@ -42,6 +42,7 @@ def test_simplifications_keep_the_expression_short(env):
     assert (b + 0) is b and (b * 1) is b and (1 * b) is b and (b // 1) is b and (0 + b) is b
     assert b * 0 == 0 and isinstance(b * 0, int)
     assert repr((b * 50) // 50) == "s0" and ((b * 50) // 50).value == 6
+    assert repr(b + 1 - 1) == "s0" and repr(b - 2 + 2) == "s0" and repr(b + 1 - 2) == "(s0 + 1) - 2"
     assert env.guards == {}
 
 

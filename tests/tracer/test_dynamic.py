@@ -341,3 +341,11 @@ def test_on_a_device_one_symbolic_graph_runs_each_size_as_kernels():
     assert len(compiled_callable(compiled).entries) == 1
     report = tf.explain(compiled, tf.tensor(rng.standard_normal((5, 2, 3))).cuda())
     assert report.backend == "triton" and report.kernel_count > 0 and "s0" in str(report.optimized)
+
+
+def test_graphs_print_symbolic_scalars_and_slices():
+    compiled = tf.compile(lambda x: x[:, : x.shape[1] - 1] * x.shape[0], dynamic=True)
+    compiled(tf.randn(3, 4, dtype=tf.float64))
+    text = str(compiled_callable(compiled).entries[0].captured.forward)
+    assert "%getitem_1 : f64[s0,s1 - 1] = getitem(%x) {index=(:, :s1 - 1)}" in text, text
+    assert "mul(%getitem_1, s0)" in text, text

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from . import ops as _ops
-from .symbolic import SymInt
+from .symbolic import SymInt, pretty
 
 PLACEHOLDER = "input"  # graph inputs: user arguments, parameters and buffers (named in attrs)
 
@@ -51,17 +51,19 @@ _DTYPE_SHORT = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64
 
 def _type_str(shape, dtype):
     name = getattr(dtype, "name", str(dtype))
-    return f"{_DTYPE_SHORT.get(name, name)}[{','.join(repr(s) for s in shape)}]"  # repr: symbolic sizes as s0
+    return f"{_DTYPE_SHORT.get(name, name)}[{','.join(_attr_str(s) for s in shape)}]"
 
 
 def _attr_str(value):
     if isinstance(value, tuple):
         return "(" + ", ".join(_attr_str(v) for v in value) + ("," if len(value) == 1 else "") + ")"
     if isinstance(value, slice):
-        start, stop, step = ("" if v is None else repr(v) for v in (value.start, value.stop, value.step))
+        start, stop, step = ("" if v is None else _attr_str(v) for v in (value.start, value.stop, value.step))
         return f"{start}:{stop}" + (f":{step}" if step else "")
     if value is Ellipsis:
         return "..."
+    if isinstance(value, SymInt):
+        return pretty(value.expr)  # a symbolic size (dynamic=True): its expression, s0 * s1
     return repr(value)
 
 
@@ -171,7 +173,7 @@ class Graph:
         outs = node.meta.get("outputs", [])
         types = ", ".join(_type_str(s, d) for s, d in outs)
         lhs = f"%{node.name}" + (f" : {types}" if types else "")
-        args = ", ".join("_" if x is None else str(x) if isinstance(x, Ref) else repr(x) for x in node.inputs)
+        args = ", ".join("_" if x is None else str(x) if isinstance(x, Ref) else _attr_str(x) for x in node.inputs)
         attrs = ", ".join(f"{k}={_attr_str(v)}" for k, v in node.attrs.items())
         line = f"{lhs} = {node.op}({args})" + (f" {{{attrs}}}" if attrs else "")
         notes = [s for s in (node.meta.get("scope"), node.meta.get("source")) if s]

@@ -161,7 +161,7 @@ class SymInt:
     # Everything else that needs a number takes the pinned value: int(), float(), hash() (so a
     # dict or set of sizes, an lru_cache keyed by one, answers as for the number), str() and
     # f-strings (a string made from a size can steer Python as well), NumPy (np.array(x.shape)),
-    # true division, powers, rounding and bit operations. repr() is the expression: graphs print it.
+    # true division, powers, rounding and bit operations. Graphs print the expression (graph.py).
     __int__ = __index__
 
     def __float__(self):
@@ -232,8 +232,8 @@ class SymInt:
     def __invert__(self):
         return ~self.__index__()
 
-    def __repr__(self):
-        return pretty(self.expr)
+    def __repr__(self):  # the expression while its trace runs (x.shape prints Size([s0, 3])), then the number
+        return pretty(self.expr) if self.env.open else repr(self.value)
 
 
 def pretty(expr: str) -> str:
@@ -254,7 +254,8 @@ def _balanced(s):
 
 
 def _simplified(symbol, a, b):
-    """x + 0, x - 0, x * 1, x // 1, (x * c) // c -> x (the expression); x * 0 -> 0; else None."""
+    """x + 0, x - 0, x * 1, x // 1, (x * c) // c, (x + c) - c, (x - c) + c -> x (the expression);
+    x * 0 -> 0; else None."""
     if symbol in "+-" and b == "0":
         return a
     if symbol == "+" and a == "0":
@@ -265,8 +266,9 @@ def _simplified(symbol, a, b):
         return b
     if symbol == "*" and "0" in (a, b):
         return 0
-    if symbol == "//" and b.isdigit() and b != "0" and a.endswith(f" * {b})") and _balanced(a[1:-len(b) - 4]):
-        return a[1:-len(b) - 4]  # (x * c) // c: how flattening a reshape's size comes back
+    undone = {"//": "*", "-": "+", "+": "-"}.get(symbol)  # (x * c) // c, (x + c) - c, (x - c) + c -> x
+    if undone and b.isdigit() and b != "0" and a.endswith(f" {undone} {b})") and _balanced(a[1:-len(b) - 4]):
+        return a[1:-len(b) - 4]
     return None
 
 
