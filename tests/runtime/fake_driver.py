@@ -224,7 +224,7 @@ class StandInTriton:
     def __call__(self, fn, signature, constexprs, arch, attrs=None):
         self.builds.append(SimpleNamespace(signature=dict(signature), constexprs=dict(constexprs), arch=arch,
                                            attrs=attrs))
-        metadata = SimpleNamespace(name=fn.__name__, **self.meta)
+        metadata = collections.namedtuple("KernelMetadata", ["name", *self.meta])(fn.__name__, *self.meta.values())
         return SimpleNamespace(metadata=metadata, asm={"cubin": fake_cubin("other_kernel", fn.__name__)})
 
 

@@ -335,16 +335,20 @@ PARAMS = [ctypes.c_uint64, ctypes.c_int32, ctypes.c_int64, ctypes.c_float, ctype
 
 
 class StandInKernel:
-    """What the backend reads of a codegen Kernel: its name, file and @triton.jit argument names."""
+    """What the backend reads of a codegen Kernel: its name, source, file and argument names."""
 
     name, path = "scale_kernel", Path("scale_kernel_0123456789abcdef.py")
-    fn = SimpleNamespace(arg_names=[*SIGNATURE, "BLOCK"], __name__="scale_kernel")
+    source = "def scale_kernel(x_ptr, n, big, scale, BLOCK: tl.constexpr):\n    pass\n"
+    arg_names = (*SIGNATURE, "BLOCK")
+    fn = SimpleNamespace(arg_names=list(arg_names), __name__="scale_kernel")
 
 
 @pytest.fixture
-def triton(monkeypatch, fake):
+def triton(monkeypatch, fake, tmp_path):
+    """Triton's stand-in, with a cubin cache of the test's own (each test sees its builds)."""
     stand_in = StandInTriton()
     monkeypatch.setattr(aot, "compile_function", stand_in)
+    monkeypatch.setenv("TRACEFUSE_CACHE_DIR", str(tmp_path))
     fake.param_types["scale_kernel"] = PARAMS
     return stand_in
 
@@ -733,33 +737,42 @@ _REAL_LAUNCH = textwrap.dedent('''
     signature = {"x_ptr": "*fp32", "n": "i32", "big": "i64", "scale": "fp32"}
     for n in (7, 5):
         backend.launch(kernel, (3,), [backend.pointer(x), n, 2**40, 1.5], signature, {"BLOCK": 128}, device)
-    (compiled,) = backend._compiled.values()
-    meta = compiled.metadata
+    ((cubin, meta),) = backend._compiled.values()
     (image,) = [data for _, data in fake.images.values()]
     (function,) = fake.functions.values()
-    cubin = compiled.asm["cubin"]
     print(json.dumps({
         "address": backend.pointer(x), "builds": len(builds), "loads": fake.count("cuModuleLoadData"),
         "launches": [dict(grid=l.grid, block=l.block, shared=l.shared, params=l.params) for l in fake.launches],
-        "num_warps": meta.num_warps, "shared": meta.shared, "name": meta.name,
-        "scratch": [getattr(meta, k + "_scratch_size", 0) or 0 for k in ("global", "profile")],
+        "num_warps": meta["num_warps"], "shared": meta["shared"], "name": meta["name"],
+        "scratch": [meta.get(k + "_scratch_size") or 0 for k in ("global", "profile")],
         "kernel_parameters": function.parameter_sizes,
         "packed": [ctypes.sizeof(_parameter(t, 0)) for t in signature.values()] + [8, 8],
         "cubin_bytes": len(cubin), "same_image": hashlib.sha256(image).hexdigest() == hashlib.sha256(cubin).hexdigest(),
+        "arg_names": list(kernel.arg_names), "jit_arg_names": list(kernel.fn.arg_names),
     }))
 ''')
 
 
-def test_a_real_kernel_for_sm90_is_launched_with_tritons_metadata(tmp_path):
-    """Triton compiles only where it does not interpret kernels: in a subprocess."""
+def test_a_real_kernel_for_sm90_is_launched_with_tritons_metadata_then_from_the_cubin_cache(tmp_path):
+    """Triton compiles only where it does not interpret kernels: in a subprocess. A second process
+    with the same caches launches the same cubin with the same metadata without calling Triton."""
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "TRACEFUSE_CUDA")}
     root = Path(__file__).resolve().parents[2]
     env.update(PYTHONPATH=str(root), TRACEFUSE_CACHE_DIR=str(tmp_path / "cache"),
                TRITON_CACHE_DIR=str(tmp_path / "triton"))
-    done = subprocess.run([sys.executable, "-c", _REAL_LAUNCH], env=env, cwd=root, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    reports = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", _REAL_LAUNCH], env=env, cwd=root, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-4000:]
+        reports.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    for r in reports:  # the buffer's address is the process's own
+        address = r.pop("address")
+        for launch in r["launches"]:
+            launch["params"][0] -= address
+    report, warm = reports
+    assert warm["builds"] == 0 and {**warm, "builds": 1} == report, (report, warm)  # all else identical
+    assert report["arg_names"] == report["jit_arg_names"] == ["x_ptr", "n", "big", "scale", "BLOCK"], report
     assert report["builds"] == 1 and report["loads"] == 1, report  # the second launch reuses the build
     assert report["name"] == "scale_kernel" and report["cubin_bytes"] > 0 and report["same_image"], report
     assert report["scratch"] == [0, 0], report
@@ -767,8 +780,18 @@ def test_a_real_kernel_for_sm90_is_launched_with_tritons_metadata(tmp_path):
     first, second = report["launches"]
     assert first["grid"] == [3, 1, 1] and first["block"] == [32 * report["num_warps"], 1, 1], report
     assert first["shared"] == report["shared"], report
-    assert first["params"] == [report["address"], 7, 2**40, 1.5, 0, 0], report
+    assert first["params"] == [0, 7, 2**40, 1.5, 0, 0], report  # the buffer's address (less itself), n, ...
     assert second["params"][1] == 5, report
+
+
+def test_code_generation_does_not_import_triton():
+    """Emitters and the CUDA backend need Triton only to compile: a warm start (cubins cached by an
+    earlier process) never imports it."""
+    code = "import sys, tracefuse.codegen.triton, tracefuse.runtime.cuda; print('triton' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "TRACEFUSE_CUDA")}
+    done = subprocess.run([sys.executable, "-c", code], env=dict(env, PYTHONPATH=str(Path(__file__).parents[2])),
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr[-2000:]
 
 
 # --- tracefuse on the fake GPU: device memory is never read on the host ------------------------------

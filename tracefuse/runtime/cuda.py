@@ -244,19 +244,18 @@ class _Loaded:
 
     __slots__ = ("function", "num_warps", "num_ctas", "shared", "scratch", "cooperative", "module")
 
-    def __init__(self, driver, compiled, device):
-        meta = compiled.metadata
-        image = compiled.asm["cubin"]
+    def __init__(self, driver, image: bytes, meta: dict, device):
+        """`image`: the cubin; `meta`: Triton's metadata of it (aot.load_or_compile)."""
         buffer = ctypes.create_string_buffer(image, len(image))
         self.module = driver("cuModuleLoadData", ctypes.addressof(buffer))
-        self.function = driver("cuModuleGetFunction", self.module, meta.name.encode())
-        self.num_warps, self.num_ctas, self.shared = meta.num_warps, getattr(meta, "num_ctas", 1), meta.shared
+        self.function = driver("cuModuleGetFunction", self.module, meta["name"].encode())
+        self.num_warps, self.num_ctas, self.shared = meta["num_warps"], meta.get("num_ctas", 1), meta["shared"]
         if self.num_ctas != 1:
-            raise NotImplementedError(f"kernel {meta.name}: launching thread-block clusters (num_ctas="
+            raise NotImplementedError(f"kernel {meta['name']}: launching thread-block clusters (num_ctas="
                                       f"{self.num_ctas}) is not supported by tracefuse's CUDA backend")
-        self.scratch = [(getattr(meta, f"{kind}_scratch_size", 0) or 0, getattr(meta, f"{kind}_scratch_align", 1) or 1)
+        self.scratch = [(meta.get(f"{kind}_scratch_size") or 0, meta.get(f"{kind}_scratch_align") or 1)
                         for kind in ("global", "profile")]
-        self.cooperative = bool(getattr(meta, "launch_cooperative_grid", False))
+        self.cooperative = bool(meta.get("launch_cooperative_grid", False))
         if self.shared > 49152 and device.shared_optin > 49152:  # above 48 KiB a kernel must opt in
             attribute = driver.api.CUfunction_attribute
             static = driver("cuFuncGetAttribute", attribute.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, self.function)
@@ -275,13 +274,14 @@ def _parameter(triton_type, value):
     return _PARAMETER_TYPES[triton_type](value)
 
 
-def alignment_attrs(fn, signature: dict, args) -> dict:
+def alignment_attrs(arg_names, signature: dict, args) -> dict:
     """Triton's divisibility hints for the arguments that have them (pointers and ints that are
-    multiples of 16), keyed as ASTSource wants: what Triton's own launcher specializes on."""
+    multiples of 16), keyed as ASTSource wants (by position among the kernel's `arg_names`): what
+    Triton's own launcher specializes on."""
     attrs = {}
     for name, value in zip(signature, args):
         if isinstance(value, (int, np.integer)) and value % 16 == 0:
-            attrs[(fn.arg_names.index(name),)] = [["tt.divisibility", 16]]
+            attrs[(arg_names.index(name),)] = [["tt.divisibility", 16]]
     return attrs
 
 
@@ -358,7 +358,7 @@ class CudaBackend(Backend):
                         for i in range(count)]
         self.staging = _PinnedStaging(driver)
         self._current = threading.local()  # per thread: the context made current, the stream overrides
-        self._compiled: dict = {}  # (kernel, signature, constexprs, attrs, arch) -> Triton CompiledKernel
+        self._compiled: dict = {}  # (kernel, signature, constexprs, attrs, arch) -> (cubin, Triton's metadata)
         self._loaded: dict = {}  # (compiled key, GPU ordinal) -> _Loaded
         self._compile_lock = threading.Lock()
         self._owners = {int(d.stream): d for d in self.devices}  # stream/event handle -> its logical device
@@ -564,19 +564,19 @@ class CudaBackend(Backend):
         del scratch  # back to the allocator, stream-ordered after this launch
 
     def _load(self, kernel, signature, args, constexprs, d) -> _Loaded:
-        attrs = alignment_attrs(kernel.fn, signature, args)
+        attrs = alignment_attrs(kernel.arg_names, signature, args)
         key = (kernel, tuple(signature.items()), tuple(sorted(constexprs.items())), tuple(sorted(attrs)), d.arch)
         loaded = self._loaded.get((key, d.ordinal))
         if loaded is None:
             with self._compile_lock:
-                compiled = self._compiled.get(key)
-                if compiled is None:
-                    from ..codegen.triton.aot import compile_function
+                built = self._compiled.get(key)
+                if built is None:
+                    from ..codegen.triton.aot import load_or_compile
 
-                    compiled = self._compiled[key] = compile_function(kernel.fn, signature, constexprs, d.arch, attrs)
+                    built = self._compiled[key] = load_or_compile(kernel, signature, constexprs, d.arch, attrs)
                 loaded = self._loaded.get((key, d.ordinal))
                 if loaded is None:
-                    loaded = self._loaded[(key, d.ordinal)] = _Loaded(self.driver, compiled, d)
+                    loaded = self._loaded[(key, d.ordinal)] = _Loaded(self.driver, *built, d)
         return loaded
 
     def _fault(self, exc, d):

@@ -25,7 +25,9 @@ can and through the subprocess otherwise.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -116,17 +118,24 @@ def _load_function(path: str, name: str):
     return getattr(module, name)
 
 
+@functools.lru_cache(maxsize=None)
 def _triton_version() -> str:
-    import triton
+    """Triton's version, from its package metadata where it has some: a cache lookup should not
+    import Triton."""
+    try:
+        return importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:  # a build installed under another name
+        import triton
 
-    return triton.__version__
+        return triton.__version__
 
 
 def _key(source: str, job: dict, version: str) -> str:
     """Kernels that differ only in their provenance header share a build."""
     text = json.dumps({"source": code_of(source), "name": job["name"], "signature": job["signature"],
                        "constexprs": job["constexprs"], "options": job.get("options") or {},
-                       "target": ["cuda", job["arch"], 32], "triton": version}, sort_keys=True)
+                       "target": ["cuda", job["arch"], 32], "triton": version,
+                       **({"attrs": job["attrs"]} if job.get("attrs") else {})}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -135,20 +144,28 @@ def _entry_paths(name: str, arch: int, key: str):
     return base.with_name(base.name + ".cubin"), base.with_name(base.name + ".json")
 
 
-def _load_entry(key: str, cubin_path: Path, meta_path: Path):
-    """The cached entry's metadata if it is complete and intact, else None."""
+def _load_entry(key: str, cubin_path: Path, meta_path: Path, counts=True):
+    """(metadata, cubin) of the cached entry if it is complete and intact (with its resource
+    `counts`, unless not asked for), else None."""
     try:
         meta = json.loads(meta_path.read_text())
         cubin = cubin_path.read_bytes()
     except (OSError, ValueError):
         return None
-    if not isinstance(meta, dict) or meta.get("key") != key:
+    if not isinstance(meta, dict) or meta.get("key") != key or not isinstance(meta.get("triton_metadata"), dict):
         return None
     if meta.get("cubin_size") != len(cubin) or meta.get("cubin_sha256") != hashlib.sha256(cubin).hexdigest():
         return None
-    if not all(isinstance(meta.get(k), int) for k in ("registers", "spills", "shared", "local_bytes")):
+    if counts and not all(isinstance(meta.get(k), int) for k in ("registers", "spills", "shared", "local_bytes")):
         return None
-    return meta
+    return meta, cubin
+
+
+def _commit_entry(cubin_path: Path, meta_path: Path, cubin: bytes, meta: dict):
+    """Write an entry: the cubin first, then the JSON that commits it."""
+    meta.update(cubin_size=len(cubin), cubin_sha256=hashlib.sha256(cubin).hexdigest())
+    _write_atomic(cubin_path, cubin)
+    _write_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
 
 
 def _write_atomic(path: Path, data: bytes):
@@ -218,6 +235,28 @@ def compile_function(fn, signature: dict, constexprs: dict, arch: int, attrs=Non
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options or None)
 
 
+def load_or_compile(kernel, signature: dict, constexprs: dict, arch: int, attrs: dict):
+    """(cubin, Triton's metadata as a dict) of `kernel` for sm_`arch` as the CUDA backend launches
+    it (`compile_function`'s arguments): from the cubin cache when an earlier process built it, else
+    compiled by Triton and cached. A hit reads two files and imports nothing: a warm start skips
+    `triton.compile`, which even on a hit of Triton's own cache hashes Triton's sources first
+    (about 0.4 s per process)."""
+    constexprs = dict(constexprs)
+    options = {name: constexprs.pop(name) for name in _OPTION_NAMES if name in constexprs}
+    job = {"name": kernel.name, "signature": dict(signature), "constexprs": constexprs, "arch": int(arch),
+           "options": options, "attrs": sorted([list(k), v] for k, v in (attrs or {}).items())}
+    key = _key(kernel.source, job, _triton_version())
+    cubin_path, meta_path = _entry_paths(kernel.name, arch, key)
+    entry = _load_entry(key, cubin_path, meta_path, counts=False)
+    if entry is not None:
+        return entry[1], entry[0]["triton_metadata"]
+    compiled = compile_function(kernel.fn, signature, {**constexprs, **options}, arch, attrs)
+    cubin, triton_meta = compiled.asm["cubin"], _jsonable(compiled.metadata._asdict())
+    _commit_entry(cubin_path, meta_path, cubin, {"key": key, "name": kernel.name, "arch": int(arch),
+                                                 "triton_version": _triton_version(), "triton_metadata": triton_meta})
+    return cubin, triton_meta
+
+
 def _compile(job: dict):
     """A job built for its target; returns (cubin bytes, Triton metadata dict)."""
     fn = _load_function(job["path"], job["name"])
@@ -231,22 +270,24 @@ def _build(job: dict, force: bool = False) -> Build:
     version = _triton_version()
     key = _key(source, job, version)
     cubin_path, meta_path = _entry_paths(job["name"], job["arch"], key)
-    meta = None if force else _load_entry(key, cubin_path, meta_path)
-    cached = meta is not None
-    if meta is None:
+    entry = None if force else _load_entry(key, cubin_path, meta_path)
+    cached = entry is not None
+    if entry is None:
         cubin, triton_meta = _compile(job)
         _write_atomic(cubin_path, cubin)
         usage = _resource_usage(cubin_path, job["name"])
         meta = {
             "key": key, "name": job["name"], "arch": job["arch"], "triton_version": version,
-            "signature": [[a, t] for a, t in job["signature"].items()], "constexprs": job["constexprs"], "options": job.get("options") or {},
+            "signature": [[a, t] for a, t in job["signature"].items()], "constexprs": job["constexprs"],
+            "options": job.get("options") or {},
             "registers": usage["registers"], "local_bytes": usage["local_bytes"],
             "spills": usage["local_bytes"] // 4, "stack": usage["stack"],
             "shared": int(triton_meta.get("shared") or 0) + usage["static_shared"],
-            "cubin_size": len(cubin), "cubin_sha256": hashlib.sha256(cubin).hexdigest(),
             "triton_metadata": _jsonable(triton_meta),
         }
-        _write_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())  # commits the entry
+        _commit_entry(cubin_path, meta_path, cubin, meta)
+    else:
+        meta = entry[0]
     return Build(job["name"], job["arch"], meta["registers"], meta["spills"], meta["shared"], cached, key,
                  cubin_path, meta["local_bytes"], meta)
 

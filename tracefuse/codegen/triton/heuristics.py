@@ -5,15 +5,19 @@ block dim >= 16; register-hungry tiles stay small.
 """
 from __future__ import annotations
 
-import triton
-
 # A multi-tensor launch past about this many programs gives each program several blocks.
 TARGET_PROGRAMS = 4096
 
 
 def block_size(n, low=16, high=1024) -> int:
     """The next power of two covering `n`, clamped to [low, high]."""
-    return max(low, min(high, triton.next_power_of_2(max(int(n), 1))))
+    return max(low, min(high, 1 << (max(int(n), 1) - 1).bit_length()))
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for positive ints (Triton's helper; codegen does not import Triton: a warm
+    start launches cached cubins without it)."""
+    return -(-a // b)
 
 
 def multi_tensor_blocks(sizes, max_blocks_per_chunk) -> tuple[int, int]:

@@ -150,7 +150,7 @@ class OpCall:
 
 
 def _signature(kernel, args) -> dict:
-    names = kernel.fn.arg_names
+    names = kernel.arg_names
     wide_floats = any(isinstance(a, np.ndarray) and a.dtype == np.float64 for a in args)
     signature = {}
     for name, a in zip(names, args):

@@ -21,12 +21,11 @@ import functools
 import math
 
 import numpy as np
-import triton
 
 from ... import dtypes
 from ...ir import shapes
 from .elementwise import EXPRESSIONS
-from .heuristics import block_size
+from .heuristics import block_size, cdiv
 from .launch import emitter, tl_type
 from .pointwise import INT32_LIMIT, collapse, store_cast
 
@@ -146,7 +145,7 @@ def _matmul(call, a, b, bias, activation, product_dtype, out_dtype):
     source = _source(name, len(batch_sizes), bias is not None, activation, compute, product_dtype, out_dtype,
                      dot, native, wide)
     kernel = call.kernel(name, source)
-    tiles = triton.cdiv(M, BLOCK_M) * triton.cdiv(N, BLOCK_N)
+    tiles = cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N)
     args = operands + [M, N, K]
     for pair in matrix_strides:
         args += pair

@@ -33,11 +33,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import triton
 
 from ... import dtypes
 from ...ir.ops import TensorSlot
-from .heuristics import block_size
+from .heuristics import block_size, cdiv
 from .launch import emitter, tl_type
 from .pointwise import INT32_LIMIT, Pointwise, store_cast
 
@@ -178,7 +177,7 @@ class IndexKernel:
         wide = max(self.reach) > INT32_LIMIT
         kernel = call.kernel(self.name, self.source(wide))
         block = block_size(self.numel, low=128)
-        call.launch(kernel, (triton.cdiv(self.numel, block),), *self.args, self.numel, *self.shape[1:], BLOCK=block)
+        call.launch(kernel, (cdiv(self.numel, block),), *self.args, self.numel, *self.shape[1:], BLOCK=block)
 
 
 # --- copies through the pointwise builder ---------------------------------------------------
@@ -601,7 +600,7 @@ def _nonzero(call, mask):
         mask = _copy(call, call.empty(mask.shape, mask.dtype), mask, "contiguous_kernel")
     flat = mask.reshape(-1)
     block = block_size(flat.size, low=128)
-    n_blocks = triton.cdiv(flat.size, block)
+    n_blocks = cdiv(flat.size, block)
     wide = flat.size > INT32_LIMIT
     counts = call.empty((n_blocks,), np.int64)
     starts = call.empty((n_blocks,), np.int64)

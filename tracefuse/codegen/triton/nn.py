@@ -21,11 +21,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import triton
 
 from ... import dtypes
 from ...ir import shapes
-from .heuristics import block_size
+from .heuristics import block_size, cdiv
 from .elementwise import contiguous, copy_into
 from .launch import emitter, tl_type
 from .pointwise import INT32_LIMIT, Pointwise, store_cast
@@ -301,7 +300,7 @@ def embedding(call):
     ]
     kernel = call.kernel("embedding_kernel", _kernel_source("embedding_kernel", params, body))
     strides = [s // weight.itemsize for s in weight.strides]
-    call.launch(kernel, (indices.size, triton.cdiv(dim, block)), weight, indices, out, weight.shape[0], dim,
+    call.launch(kernel, (indices.size, cdiv(dim, block)), weight, indices, out, weight.shape[0], dim,
                 *strides, BLOCK=block)
     return out
 
@@ -332,7 +331,7 @@ def embedding_backward(call):
             "tl.atomic_add(grad_weight_ptr + index * dim + cols, grad_row, mask=col_mask & accumulate)",
         ]
         kernel = call.kernel("embedding_backward_kernel", _kernel_source("embedding_backward_kernel", params, body))
-        call.launch(kernel, (indices.size, triton.cdiv(dim, block)), grad, indices, accumulator, num_weights, dim,
+        call.launch(kernel, (indices.size, cdiv(dim, block)), grad, indices, accumulator, num_weights, dim,
                     -1 if padding_idx is None else padding_idx % num_weights, BLOCK=block)
     return _cast(call, accumulator, out_dtype)
 
@@ -388,8 +387,8 @@ def conv(call):
     block_l, block_o, block_r = block_size(out_numel, high=64), block_size(group_out, high=64), block_size(reduction, high=32)
     source = _conv_source(nd, compute, out.dtype, bias is not None, _wide(x, out, weight))
     kernel = call.kernel("conv_kernel", source)
-    position_blocks = triton.cdiv(out_numel, block_l)
-    grid = (position_blocks * x.shape[0] * groups, triton.cdiv(group_out, block_o))
+    position_blocks = cdiv(out_numel, block_l)
+    grid = (position_blocks * x.shape[0] * groups, cdiv(group_out, block_o))
     args = [x, weight] + ([bias] if bias is not None else []) + [out]
     call.launch(kernel, grid, *args, groups, group_in, group_out, position_blocks, *in_sizes, *out_sizes,
                 **window, WINDOW=math.prod(weight.shape[2:]), BLOCK_L=block_l, BLOCK_O=block_o, BLOCK_R=block_r)
@@ -501,16 +500,16 @@ def conv_backward(call):
         grad_x = call.empty(x.shape, out_dtype)
         block_l, block_c, block_r = block_size(in_numel, high=64), block_size(group_in, high=64), block_size(group_out * taps, high=32)
         kernel = call.kernel("conv_input_grad_kernel", _conv_input_grad_source(nd, compute, out_dtype, wide))
-        position_blocks = triton.cdiv(in_numel, block_l)
-        call.launch(kernel, (position_blocks * batch * groups, triton.cdiv(group_in, block_c)), grad, weight, grad_x,
+        position_blocks = cdiv(in_numel, block_l)
+        call.launch(kernel, (position_blocks * batch * groups, cdiv(group_in, block_c)), grad, weight, grad_x,
                     *sizes, position_blocks, **common, BLOCK_L=block_l, BLOCK_C=block_c, BLOCK_R=block_r)
     if mask[1] and x.size and grad.size and weight.size:
         grad_w = call.empty(weight.shape, out_dtype)
         columns = group_in * taps
         block_o, block_j, block_r = block_size(group_out, high=64), block_size(columns, high=64), block_size(batch * out_numel, high=32)
         kernel = call.kernel("conv_weight_grad_kernel", _conv_weight_grad_source(nd, compute, out_dtype, wide))
-        channel_blocks = triton.cdiv(group_out, block_o)
-        call.launch(kernel, (channel_blocks * groups, triton.cdiv(columns, block_j)), grad, x, grad_w,
+        channel_blocks = cdiv(group_out, block_o)
+        call.launch(kernel, (channel_blocks * groups, cdiv(columns, block_j)), grad, x, grad_w,
                     *sizes, batch, channel_blocks, **common, BLOCK_O=block_o, BLOCK_J=block_j, BLOCK_R=block_r)
     if mask[2] and out_channels and grad.size:
         grad_b = call.empty((out_channels,), out_dtype)
@@ -708,7 +707,7 @@ def max_pool(call):
              "tl.store(indices_ptr + offsets, best_index, mask=in_bounds)"]
     kernel = call.kernel("max_pool_kernel", _kernel_source("max_pool_kernel", params, body))
     block = block_size(values.size, high=256)
-    call.launch(kernel, (triton.cdiv(values.size, block),), x, values, indices, values.size, *spatial, *out_sizes,
+    call.launch(kernel, (cdiv(values.size, block),), x, values, indices, values.size, *spatial, *out_sizes,
                 **_window_constexprs(attrs["kernel_size"], attrs["stride"], attrs["padding"], attrs["dilation"]),
                 BLOCK=block)
     return values, indices
@@ -744,7 +743,7 @@ def max_pool_backward(call):
         ]
         kernel = call.kernel("max_pool_backward_kernel", _kernel_source("max_pool_backward_kernel", params, body))
         block = block_size(grad.size, high=1024)
-        call.launch(kernel, (triton.cdiv(grad.size, block),), grad, indices, accumulator, grad.size, out_numel, plane,
+        call.launch(kernel, (cdiv(grad.size, block),), grad, indices, accumulator, grad.size, out_numel, plane,
                     BLOCK=block)
     return _cast(call, accumulator, out_dtype)
 
@@ -803,7 +802,7 @@ def avg_pool(call):
              f"tl.store(out_ptr + offsets, {store_cast('avg_pool', out.dtype)}, mask=in_bounds)"]
     kernel = call.kernel("avg_pool_kernel", _kernel_source("avg_pool_kernel", params, body))
     block = block_size(out.size, high=256)
-    call.launch(kernel, (triton.cdiv(out.size, block),), x, out, out.size, *spatial, *out_sizes,
+    call.launch(kernel, (cdiv(out.size, block),), x, out, out.size, *spatial, *out_sizes,
                 **_avg_constexprs(attrs), BLOCK=block)
     return out
 
@@ -845,6 +844,6 @@ def avg_pool_backward(call):
     body += [f"tl.store(grad_x_ptr + offsets, {store_cast('total', out.dtype)}, mask=in_bounds)"]
     kernel = call.kernel("avg_pool_backward_kernel", _kernel_source("avg_pool_backward_kernel", params, body))
     block = block_size(out.size, high=256)
-    call.launch(kernel, (triton.cdiv(out.size, block),), grad, out, out.size, *spatial, *out_sizes,
+    call.launch(kernel, (cdiv(out.size, block),), grad, out, out.size, *spatial, *out_sizes,
                 **_avg_constexprs(attrs), BLOCK=block)
     return out
