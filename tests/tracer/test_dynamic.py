@@ -349,3 +349,24 @@ def test_graphs_print_symbolic_scalars_and_slices():
     text = str(compiled_callable(compiled).entries[0].captured.forward)
     assert "%getitem_1 : f64[s0,s1 - 1] = getitem(%x) {index=(:, :s1 - 1)}" in text, text
     assert "mul(%getitem_1, s0)" in text, text
+
+
+def test_packed_lengths_are_values_each_new_one_a_graph_and_the_limit_says_what_to_do():
+    class Tagger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(3, 4, batch_first=True).double()
+
+        def forward(self, x, lengths):
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            return nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=7)[0]
+
+    model = Tagger()
+    compiled = tf.compile(model, dynamic=True, options={"recompile_limit": 2})
+    for lengths in ([7, 3, 5], [7, 3, 5], [7, 7, 1, 2]):
+        x = tf.randn(len(lengths), 7, 3, dtype=tf.float64)
+        np.testing.assert_allclose(compiled(x, tf.tensor(lengths)).detach().numpy(),
+                                   model(x, tf.tensor(lengths)).detach().numpy(), **TIGHT)
+    with pytest.raises(tf.tracer.context.TracingError, match=r"for Tagger; last guard failed: values of lengths: \[7, 3, 5\] -> \[6, 2, 7\] "
+                       r"\(each new value of an integer tensor .* group batches by length"):
+        compiled(tf.randn(3, 7, 3, dtype=tf.float64), tf.tensor([6, 2, 7]))

@@ -311,7 +311,7 @@ def test_default_recompile_limit_is_eight_then_an_error_naming_the_last_guard():
     assert len(compiled_callable(f).entries) == 8
     with pytest.raises(TracingError, match=re.escape(
             f"tracefuse.compile: recompile limit (8) reached for {f.__qualname__}; last guard failed: "
-            "L['x'].shape: (8,) -> (9,)")):
+            "L['x'].shape: (8,) -> (9,) (compile with dynamic=True to serve every size from one graph)")):
         f(tf.zeros(9))
     assert f(tf.zeros(3)).tolist() == [0.0, 0.0, 0.0]  # the cached graphs keep working
 

@@ -6,6 +6,11 @@ flags and state, non-tensor arguments, and integer arguments whose values the tr
 reuses the first graph whose guards hold; otherwise it traces again, and the failed guard is
 kept so `explain()` can say why.
 
+With `dynamic=True` an entry's graphs are symbolic (ir/symbolic.py): the argument shapes are
+guarded only as far as which dims are 0, 1 or "2 or more", the guards the trace decided on its
+symbolic sizes are checked against the call's, and the graphs are made concrete for the call's
+sizes (ir/specialize.py; kept per size on the entry), or, where they cannot be, traced again.
+
 DataParallel's replicas of a compiled module share its cache, from their threads (a lock makes
 each guard set trace once). A replica is made anew on every call, so its graph is bound to
 names, not to that replica's tensors: its parameters and buffers are graph inputs under the
@@ -232,7 +237,7 @@ class CompiledCallable:
             self.recompiles.append(failure)
         if sum(e.devices == devices for e in self.entries) >= self.options.recompile_limit:
             message = (f"tracefuse.compile: recompile limit ({self.options.recompile_limit}) reached for "
-                       f"{_name(self.fn)}; last {failure}")
+                       f"{self._name()}; last {failure}{self._limit_hint(failure)}")
             return self._fall_back(message, arguments, guards, devices)
         rng_state = random.get_state()
         try:
@@ -259,6 +264,20 @@ class CompiledCallable:
         dump.maybe_dump(self, entry, entry.for_sizes(leaves))  # after the first run: its kernels are known
         return result
 
+    def _name(self) -> str:
+        """What the user compiled: the module's class, or the function's qualified name."""
+        return type(self.module).__name__ if self.module is not None else _name(self.fn)
+
+    def _limit_hint(self, failure) -> str:
+        """What to do about the guard that keeps failing, where there is something to do."""
+        if failure.guard.endswith(".shape") and not self.options.dynamic:
+            return " (compile with dynamic=True to serve every size from one graph)"
+        if failure.guard.startswith("values of "):
+            return (" (each new value of an integer tensor the code reads, such as packed sequence lengths, is a "
+                    "new graph: group batches by length, raise options={'recompile_limit': N}, or compile with "
+                    "fallback='eager')")
+        return ""
+
     def _check_state_kept(self, state):
         """A call that rebinds a parameter or buffer (instead of updating it in place) cannot be
         replayed: the graph would keep writing to the old tensor."""
@@ -281,7 +300,7 @@ class CompiledCallable:
             raise TracingError(message)
         self.fallbacks.append(message)
         if not self._warned:
-            warnings.warn(f"{message}\ntracefuse.compile: running {_name(self.fn)} eagerly (fallback='eager')",
+            warnings.warn(f"{message}\ntracefuse.compile: running {self._name()} eagerly (fallback='eager')",
                           stacklevel=5)  # the user's call
             self._warned = True
         self.entries.append(Entry(guards, {}, None, message, devices))
