@@ -171,7 +171,7 @@ VALUES = {
     "mask_from_a_fixed_arange": (lambda x: (tf.arange(8) < x.shape[0]).double() * x.sum(), 1),
     "scalar_times_constant": (lambda x: tf.ones(2, dtype=x.dtype) * x.shape[0] + x.sum(), 1),
     "full_of_a_size": (lambda x: tf.full((2,), x.shape[0], dtype=x.dtype) + x.sum(), 1),
-    "size_times_tensor": (lambda x: x.shape[0] * x + x.shape[1] - x, 1),
+    "size_times_tensor": (lambda x: x.shape[0] * x + x.shape[1] - x + x.shape[0] / (x.abs() + 1), 1),
     "size_as_a_tensor": (lambda x: tf.tensor(x.shape[0]) * x, 1),
     "integer_division_by_a_size": (lambda x: (tf.arange(24) // x.shape[1]).double() + x.sum(), 1),
     "setitem_a_size": (lambda x: _set_first(x.sum(0), x.shape[0]), 1),

@@ -182,13 +182,13 @@ class SymInt:
         return np.asarray(self.__index__(), dtype=dtype)
 
     def __truediv__(self, other):
-        return self.__index__() / other
+        return self.__index__() / other if isinstance(other, numbers.Real) else NotImplemented  # a tensor's
 
     def __rtruediv__(self, other):
         return other / self.__index__()
 
     def __pow__(self, other):
-        return self.__index__() ** other
+        return self.__index__() ** other if isinstance(other, numbers.Real) else NotImplemented
 
     def __rpow__(self, other):
         return other ** self.__index__()
