@@ -321,7 +321,21 @@ def test_a_feature_size_the_module_checks_retraces_and_then_errors_like_eager():
 def test_dynamic_must_be_a_bool_or_none():
     with pytest.raises(ValueError, match="dynamic must be True, False or None, got 'yes'"):
         tf.compile(lambda x: x, dynamic="yes")
-    assert compiled_callable(tf.compile(lambda x: x, dynamic=None)).options.dynamic is False
+
+
+def test_dynamic_none_traces_symbolically_once_a_shape_changes():
+    """PyTorch's "automatic" dynamic shapes: the first trace is static, the retrace a new shape
+    causes is symbolic, and later sizes reuse it."""
+    f = tf.compile(lambda x: x.sum(0) * 2, dynamic=None)
+    for n in (3, 3, 5, 7, 3, 9):
+        np.testing.assert_allclose(f(tf.ones(n, 4)).numpy(), [2.0 * n] * 4)
+    cache = compiled_callable(f)
+    assert [e.captured.env is not None for e in cache.entries] == [False, True]
+    assert [str(r) for r in cache.recompiles] == ["guard failed: L['x'].shape: (3, 4) -> (5, 4)"]
+    static = tf.compile(lambda x: x.sum(0) * 2)
+    for n in (3, 5, 7):
+        static(tf.ones(n, 4))
+    assert len(compiled_callable(static).entries) == 3  # dynamic=False (the default): one graph per shape
 
 
 @pytest.mark.usefixtures("interpret")

@@ -6,10 +6,11 @@ flags and state, non-tensor arguments, and integer arguments whose values the tr
 reuses the first graph whose guards hold; otherwise it traces again, and the failed guard is
 kept so `explain()` can say why.
 
-With `dynamic=True` an entry's graphs are symbolic (ir/symbolic.py): the argument shapes are
-guarded only as far as which dims are 0, 1 or "2 or more", the guards the trace decided on its
-symbolic sizes are checked against the call's, and the graphs are made concrete for the call's
-sizes (ir/specialize.py; kept per size on the entry), or, where they cannot be, traced again.
+With `dynamic=True` (with `dynamic=None`, from the first trace a shape change caused) an entry's
+graphs are symbolic (ir/symbolic.py): the argument shapes are guarded only as far as which dims
+are 0, 1 or "2 or more", the guards the trace decided on its symbolic sizes are checked against
+the call's, and the graphs are made concrete for the call's sizes (ir/specialize.py; kept per
+size on the entry), or, where they cannot be, traced again.
 
 DataParallel's replicas of a compiled module share its cache, from their threads (a lock makes
 each guard set trace once). A replica is made anew on every call, so its graph is bound to
@@ -98,6 +99,11 @@ class _SymbolicSize:
 SYMBOLIC = _SymbolicSize()
 
 
+def symbolic_shape(shape) -> tuple:
+    """A shape guard as a symbolic entry holds it: which dims are 0, 1 or 2 and more."""
+    return tuple(n if n < 2 else SYMBOLIC for n in shape)
+
+
 @dataclass
 class Recompile:
     guard: str
@@ -112,7 +118,7 @@ class Recompile:
 class Options:
     backend: str = "auto"
     fullgraph: bool = True
-    dynamic: bool = False
+    dynamic: bool | None = False
     fallback: str = "error"
     recompile_limit: int = 8
     extra: dict = field(default_factory=dict)
@@ -158,8 +164,7 @@ class CompiledCallable:
         leaves, spec, paths = pytree.flatten(arguments)
         guards = {"grad_mode": autograd.is_grad_enabled(), "arguments": spec}
         for path, t in zip(paths, leaves):
-            shape = t._data.shape
-            guards[f"{path}.shape"] = tuple(n if n < 2 else SYMBOLIC for n in shape) if self.options.dynamic else shape
+            guards[f"{path}.shape"] = t._data.shape
             guards[f"{path}.dtype"] = t.dtype
             guards[f"{path}.device"] = str(t.device)
             guards[f"{path}.requires_grad"] = t.requires_grad
@@ -188,9 +193,11 @@ class CompiledCallable:
 
     def _failed_guards(self, entry, guards, arguments):
         """The guards of `entry` that fail for this call, in order (lazily)."""
-        structure_changed = False
+        structure_changed, symbolic_entry = False, entry.captured is not None and entry.captured.env is not None
         for key, old in entry.guards.items():
             new = guards.get(key)
+            if symbolic_entry and key.endswith(".shape") and new is not None:
+                new = symbolic_shape(new)
             if new != old:
                 structure_changed |= key == "arguments"
                 yield Recompile(key, old, new)
@@ -241,8 +248,8 @@ class CompiledCallable:
             return self._fall_back(message, arguments, guards, devices)
         rng_state = random.get_state()
         try:
-            captured = capture(self.invoke, arguments, state, self._scopes(), self._originals(),
-                               dynamic=self.options.dynamic)
+            dynamic = self._traces_dynamic(failure)
+            captured = capture(self.invoke, arguments, state, self._scopes(), self._originals(), dynamic=dynamic)
             self._check_state_kept(state)
         except WarmupRequired:
             random.set_state(rng_state)
@@ -257,6 +264,8 @@ class CompiledCallable:
         if self.replica_of is not None:  # the graph keeps no copies: each call binds its replica's
             copies = {name for name, _, _ in state}
             captured.live_inputs = {n: t for n, t in captured.live_inputs.items() if n not in copies}
+        if dynamic:
+            guards = {k: symbolic_shape(v) if k.endswith(".shape") else v for k, v in guards.items()}
         entry = Entry(guards, captured.value_guards, captured, devices=devices)
         self.entries.append(entry)
         result = self._run(entry, arguments, state)
@@ -264,13 +273,21 @@ class CompiledCallable:
         dump.maybe_dump(self, entry, entry.for_sizes(leaves))  # after the first run: its kernels are known
         return result
 
+    def _traces_dynamic(self, failure) -> bool:
+        """Whether this trace uses symbolic sizes: always with dynamic=True; with dynamic=None
+        (PyTorch's "automatic") once a call has failed a shape guard, so the next new size needs
+        no trace of its own."""
+        if self.options.dynamic is None:
+            return failure is not None and failure.guard.endswith(".shape")
+        return self.options.dynamic
+
     def _name(self) -> str:
         """What the user compiled: the module's class, or the function's qualified name."""
         return type(self.module).__name__ if self.module is not None else _name(self.fn)
 
     def _limit_hint(self, failure) -> str:
         """What to do about the guard that keeps failing, where there is something to do."""
-        if failure.guard.endswith(".shape") and not self.options.dynamic:
+        if failure.guard.endswith(".shape") and self.options.dynamic is False:
             return " (compile with dynamic=True to serve every size from one graph)"
         if failure.guard.startswith("values of "):
             return (" (each new value of an integer tensor the code reads, such as packed sequence lengths, is a "
@@ -388,11 +405,11 @@ def _options(backend, fullgraph, dynamic, fallback, options):
         raise ValueError(f"tracefuse.compile: unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
     if fallback not in FALLBACKS:
         raise ValueError(f"tracefuse.compile: fallback must be one of {FALLBACKS}, got {fallback!r}")
-    if dynamic not in (False, True, None):  # None: PyTorch's "automatic", here as False
+    if dynamic not in (False, True, None):  # None: PyTorch's "automatic" (CompiledCallable._traces_dynamic)
         raise ValueError(f"tracefuse.compile: dynamic must be True, False or None, got {dynamic!r}")
     extra = dict(options or {})
     limit = extra.pop("recompile_limit", 8)
-    return Options(backend, fullgraph, bool(dynamic), fallback, limit, extra)
+    return Options(backend, fullgraph, dynamic, fallback, limit, extra)
 
 
 def compile(obj=None, *, backend="auto", fullgraph=True, dynamic=False, fallback="error", options=None):
