@@ -60,6 +60,16 @@ def _half_rows(n_sigmoid, n_gates, H, dtype):
     return scale
 
 
+def _transposed(a, rows=64):
+    """a.T as a C-contiguous copy, made `rows` rows of `a` at a time: each block's transpose stays
+    in cache, where NumPy's whole-matrix copy strides through memory (5-7x slower for a 2048 x 512
+    float32 weight, which every layer call transposes once for its per-step GEMMs)."""
+    out = np.empty(a.shape[::-1], a.dtype)
+    for start in range(0, a.shape[0], rows):
+        np.copyto(out[:, start:start + rows], a[start:start + rows].T)
+    return out
+
+
 def _sigmoid_from_tanh(a):
     """In place: a holds tanh(z / 2), becomes sigmoid(z)."""
     a *= 0.5
@@ -164,8 +174,8 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, *, reverse, has
     gates = ws["gates"]
     _project_inputs(x, w_ih[rows] * scale[:, None], gates)
     bias = (b_ih + b_hh)[rows] * scale if has_bias else None
-    w_hh_t = np.ascontiguousarray((w_hh[rows] * scale[:, None]).T)
-    w_hr_t = np.ascontiguousarray(w_hr.T) if has_proj else None
+    w_hh_t = _transposed(w_hh[rows] * scale[:, None])
+    w_hr_t = _transposed(w_hr) if has_proj else None
     mask = _Mask(lengths, T, h0.shape, x.dtype)
     y = np.empty((T, B, P), x.dtype)
     hidden = np.empty((B, 4 * H), x.dtype)
@@ -271,7 +281,7 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, *, reverse, has_bias, has_
         bias = b_ih.copy()
         bias[:2 * H] += b_hh[:2 * H]
         bias *= scale
-    w_hh_t = np.ascontiguousarray((w_hh * scale[:, None]).T)
+    w_hh_t = _transposed(w_hh * scale[:, None])
     mask = _Mask(lengths, T, h0.shape, x.dtype)
     y = np.empty((T, B, H), x.dtype)
     hidden = np.empty((B, 3 * H), x.dtype)
@@ -356,7 +366,7 @@ def rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, *, reverse, has_bias, has_
     y = np.empty((T, B, H), x.dtype)
     _project_inputs(x, w_ih, y)
     bias = b_ih + b_hh if has_bias else None
-    w_hh_t = np.ascontiguousarray(w_hh.T)
+    w_hh_t = _transposed(w_hh)
     mask = _Mask(lengths, T, h0.shape, x.dtype)
     hidden = np.empty((B, H), x.dtype)
     h = h0
