@@ -85,19 +85,21 @@ def assert_same_state(model, twin, tol=TIGHT):
         np.testing.assert_allclose(value.numpy(), theirs[name].numpy(), err_msg=name, **tol)
 
 
-def check_compiled(model, make_arrays, call=None, batches=2, tol=TIGHT):
+def check_compiled(model, make_arrays, call=None, batches=2, tol=TIGHT, dynamic=False):
     """Compile `model` and compare it with an eager twin (a deep copy) over `batches` calls on
-    different data (`make_arrays(rng)` -> NumPy arrays; `call(module, *tensors)` makes the call,
-    by default `module(*tensors)`). The compiled graph must be traced once and then reused."""
+    different data (`make_arrays(rng)` -> NumPy arrays, or a list of such argument lists, one per
+    call; `call(module, *tensors)` makes the call, by default `module(*tensors)`). The compiled
+    graph must be traced once and then reused (with `dynamic`, across the calls' sizes too)."""
     call = call or (lambda module, *xs: module(*xs))
     twin = copy.deepcopy(model)
-    compiled = tf.compile(model)
-    for seed in range(batches):
+    compiled = tf.compile(model, dynamic=dynamic)
+    listed = isinstance(make_arrays, list)
+    for seed in range(len(make_arrays) if listed else batches):
         rng = np.random.default_rng(seed)
-        arrays = make_arrays(rng)
+        arrays = make_arrays[seed] if listed else make_arrays(rng)
         ours, theirs = leaves(arrays), leaves(arrays)
         out, expected = tensors(call(compiled, *ours)), tensors(call(twin, *theirs))
-        assert_tensors_close(out, expected, tol)
+        assert_tensors_close(out, expected, tol, what=f"call {seed} output")
         # The compiled call's outputs get their gradients from its backward graph (an argument
         # returned as is stays the caller's leaf).
         assert all(o.grad_fn.name() == "CompiledFunctionBackward" for o in out if o.grad_fn is not None)
@@ -107,7 +109,7 @@ def check_compiled(model, make_arrays, call=None, batches=2, tol=TIGHT):
         model.zero_grad()
         twin.zero_grad()
     cache = compiled_callable(compiled)
-    assert len(cache.entries) == 1, cache.recompiles
+    assert len(cache.entries) == 1, [str(r) for r in cache.recompiles]
     return compiled
 
 

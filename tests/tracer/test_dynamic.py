@@ -18,8 +18,7 @@ from hypothesis import given, settings, strategies as st
 import tracefuse as tf
 from tracefuse import nn
 from tracefuse.tracer.api import compiled_callable
-from tests.tracer.test_compiled_modules import (MODULES, TIGHT, assert_same_grads, assert_same_state,
-                                                assert_tensors_close, backward_same, leaves, tensors)
+from tests.tracer.test_compiled_modules import MODULES, TIGHT, check_compiled, leaves
 from tests.tracer.test_compiled_training import LanguageModel, make_step, sequence_ce
 
 
@@ -39,21 +38,7 @@ def grown(arrays, extra, rng):
 def check_dynamic(model, calls, call=None, tol=TIGHT):
     """Compile `model` with dynamic=True and compare it with an eager twin on each NumPy argument
     list in `calls` (sizes differ from call to call): one graph serves them all."""
-    call = call or (lambda module, *xs: module(*xs))
-    twin = copy.deepcopy(model)
-    compiled = tf.compile(model, dynamic=True)
-    for k, arrays in enumerate(calls):
-        ours, theirs = leaves(arrays), leaves(arrays)
-        out, expected = tensors(call(compiled, *ours)), tensors(call(twin, *theirs))
-        assert_tensors_close(out, expected, tol, what=f"call {k}")
-        if backward_same(out, expected, np.random.default_rng(k)):
-            assert_same_grads(model, twin, ours, theirs, tol)
-        assert_same_state(model, twin, tol)
-        model.zero_grad()
-        twin.zero_grad()
-    cache = compiled_callable(compiled)
-    assert len(cache.entries) == 1, [str(r) for r in cache.recompiles]
-    return compiled
+    return check_compiled(model, calls, call, tol=tol, dynamic=True)
 
 
 @pytest.mark.parametrize("name, make, make_arrays", MODULES, ids=[m[0] for m in MODULES])

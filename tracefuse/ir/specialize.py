@@ -22,26 +22,22 @@ class SizeMismatch(RuntimeError):
 
 def specialize(graph: Graph, values: dict) -> Graph:
     """A copy of `graph` for symbol values `values` (name -> int), checked node by node."""
-    out = Graph()
+    out = graph.copy()
     shapes = {}  # node name -> its output shapes, as checked
-    for node in graph.nodes:
-        meta = {k: list(v) if isinstance(v, list) else v for k, v in node.meta.items()}
+    for node in out.nodes:  # in place on the copy: only scalars change, so its edges stay right
         try:
-            meta["outputs"] = [(substitute(tuple(s), values), d) for s, d in node.meta["outputs"]]
-            inputs, attrs = substitute(tuple(node.inputs), values), substitute(node.attrs, values)
+            node.meta["outputs"] = [(substitute(tuple(s), values), d) for s, d in node.meta["outputs"]]
+            node.inputs, node.attrs = substitute(tuple(node.inputs), values), substitute(node.attrs, values)
         except ArithmeticError as exc:  # a size expression that divides by one that is now 0
             raise SizeMismatch(f"%{node.name} ({node.op}): {exc}") from None
+        stated = [s for s, _ in node.meta["outputs"]]
         if node.op != PLACEHOLDER and not node.meta.get("shape_traced"):
-            given = [tuple(shapes[x.node][x.index]) if isinstance(x, Ref) else None for x in inputs]
+            given = [tuple(shapes[x.node][x.index]) if isinstance(x, Ref) else None for x in node.inputs]
             try:
-                derived = [tuple(s) for s in ops.get(node.op).shape(given, attrs)]
+                derived = [tuple(s) for s in ops.get(node.op).shape(given, node.attrs)]
             except Exception as exc:  # the shape rule's own error: these sizes do not fit together
                 raise SizeMismatch(f"%{node.name} ({node.op}): {exc}") from None
-            stated = [s for s, _ in meta["outputs"]]
             if derived != stated:
                 raise SizeMismatch(f"%{node.name} ({node.op}) gives shapes {derived}, the graph says {stated}")
-        shapes[node.name] = [s for s, _ in meta["outputs"]]
-        out.add_node(node.op, inputs, attrs, meta, name=node.name)
-    out.outputs = list(graph.outputs)
-    out._used_names = dict(graph._used_names)
+        shapes[node.name] = stated
     return out

@@ -52,10 +52,12 @@ class SymInt:
 
     # --- staying symbolic ----------------------------------------------------------------------
     def _operand(self, other):
-        """`other` as (expression, value) if it is a size of this trace or an int; its value if it
-        is a size kept from a finished trace; None for anything else."""
+        """`other` as (expression, value): a size of this trace, or an int (a size kept from a
+        finished trace counts as the int it was); None for anything else."""
         if isinstance(other, SymInt):
-            return (other.expr, other.value) if other.env is self.env else other.value
+            if other.env is self.env:
+                return other.expr, other.value
+            other = other.value
         if isinstance(other, numbers.Integral) and not isinstance(other, bool):
             return str(int(other)), int(other)
         return None
@@ -64,8 +66,6 @@ class SymInt:
         if not self.env.open:  # a size kept past its trace (in a module attribute): the number it was
             return fn(other, self.value) if reflected else fn(self.value, other)
         operand = self._operand(other)
-        if isinstance(operand, int):
-            operand = (str(operand), operand)
         if operand is None:
             if not isinstance(other, numbers.Real):
                 return NotImplemented  # a tensor: its reflected method records the size as a scalar input
@@ -78,36 +78,6 @@ class SymInt:
         if isinstance(simple, int) or simple == self.expr:
             return self if simple == self.expr else simple
         return SymInt(simple or f"({a} {symbol} {b})", fn(va, vb), self.env)
-
-    def __add__(self, other):
-        return self._combine(other, "+", operator.add)
-
-    def __radd__(self, other):
-        return self._combine(other, "+", operator.add, reflected=True)
-
-    def __sub__(self, other):
-        return self._combine(other, "-", operator.sub)
-
-    def __rsub__(self, other):
-        return self._combine(other, "-", operator.sub, reflected=True)
-
-    def __mul__(self, other):
-        return self._combine(other, "*", operator.mul)
-
-    def __rmul__(self, other):
-        return self._combine(other, "*", operator.mul, reflected=True)
-
-    def __floordiv__(self, other):
-        return self._combine(other, "//", operator.floordiv)
-
-    def __rfloordiv__(self, other):
-        return self._combine(other, "//", operator.floordiv, reflected=True)
-
-    def __mod__(self, other):
-        return self._combine(other, "%", operator.mod)
-
-    def __rmod__(self, other):
-        return self._combine(other, "%", operator.mod, reflected=True)
 
     def __neg__(self):
         return SymInt(f"(-{self.expr})", -self.value, self.env) if self.env.open else -self.value
@@ -123,32 +93,12 @@ class SymInt:
         if not self.env.open:
             return fn(self.value, other)
         operand = self._operand(other)
-        if isinstance(operand, int):
-            operand = (str(operand), operand)
         if operand is None:
             return fn(self.__index__(), other) if isinstance(other, numbers.Real) else NotImplemented
         other_expr, other_value = operand
         if other_expr == self.expr:
             return fn(0, 0)  # the same expression: no guard needed
         return self.env.decide(f"{self.expr} {symbol} {other_expr}", fn(self.value, other_value))
-
-    def __eq__(self, other):
-        return self._compare(other, "==", operator.eq)
-
-    def __ne__(self, other):
-        return self._compare(other, "!=", operator.ne)
-
-    def __lt__(self, other):
-        return self._compare(other, "<", operator.lt)
-
-    def __le__(self, other):
-        return self._compare(other, "<=", operator.le)
-
-    def __gt__(self, other):
-        return self._compare(other, ">", operator.gt)
-
-    def __ge__(self, other):
-        return self._compare(other, ">=", operator.ge)
 
     def __bool__(self):
         return self.env.decide(f"{self.expr} != 0", self.value != 0) if self.env.open else self.value != 0
@@ -161,7 +111,8 @@ class SymInt:
     # Everything else that needs a number takes the pinned value: int(), float(), hash() (so a
     # dict or set of sizes, an lru_cache keyed by one, answers as for the number), str() and
     # f-strings (a string made from a size can steer Python as well), NumPy (np.array(x.shape)),
-    # true division, powers, rounding and bit operations. Graphs print the expression (graph.py).
+    # rounding, and (_operators below) true division, powers and bit operations. Graphs print
+    # the expression (graph.py). Binary operators are installed from tables after the class.
     __int__ = __index__
 
     def __float__(self):
@@ -181,59 +132,38 @@ class SymInt:
 
         return np.asarray(self.__index__(), dtype=dtype)
 
-    def __truediv__(self, other):
-        return self.__index__() / other if isinstance(other, numbers.Real) else NotImplemented  # a tensor's
-
-    def __rtruediv__(self, other):
-        return other / self.__index__()
-
-    def __pow__(self, other):
-        return self.__index__() ** other if isinstance(other, numbers.Real) else NotImplemented
-
-    def __rpow__(self, other):
-        return other ** self.__index__()
-
     def __round__(self, ndigits=None):
         return self.__index__()
-
-    def __divmod__(self, other):
-        return divmod(self.__index__(), other)
-
-    def __rdivmod__(self, other):
-        return divmod(other, self.__index__())
-
-    def __and__(self, other):
-        return self.__index__() & other
-
-    __rand__ = __and__
-
-    def __or__(self, other):
-        return self.__index__() | other
-
-    __ror__ = __or__
-
-    def __xor__(self, other):
-        return self.__index__() ^ other
-
-    __rxor__ = __xor__
-
-    def __lshift__(self, other):
-        return self.__index__() << other
-
-    def __rshift__(self, other):
-        return self.__index__() >> other
-
-    def __rlshift__(self, other):
-        return other << self.__index__()
-
-    def __rrshift__(self, other):
-        return other >> self.__index__()
 
     def __invert__(self):
         return ~self.__index__()
 
     def __repr__(self):  # the expression while its trace runs (x.shape prints Size([s0, 3])), then the number
         return pretty(self.expr) if self.env.open else repr(self.value)
+
+
+def _operators():
+    """SymInt's binary operators, from three tables: arithmetic that stays symbolic, comparisons
+    (decided and guarded), and the rest, on the pinned value (a tensor operand gets its own
+    reflected method, which records the size as a scalar input)."""
+    symbolic = {"add": ("+", operator.add), "sub": ("-", operator.sub), "mul": ("*", operator.mul),
+                "floordiv": ("//", operator.floordiv), "mod": ("%", operator.mod)}
+    comparisons = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+    pinned = {"truediv": operator.truediv, "pow": operator.pow, "divmod": divmod, "and": operator.and_,
+              "or": operator.or_, "xor": operator.xor, "lshift": operator.lshift, "rshift": operator.rshift}
+    for name, (symbol, fn) in symbolic.items():
+        yield f"__{name}__", lambda self, other, s=symbol, f=fn: self._combine(other, s, f)
+        yield f"__r{name}__", lambda self, other, s=symbol, f=fn: self._combine(other, s, f, reflected=True)
+    for name, symbol in comparisons.items():
+        yield f"__{name}__", lambda self, other, s=symbol, f=getattr(operator, name): self._compare(other, s, f)
+    for name, fn in pinned.items():
+        yield f"__{name}__", lambda self, other, f=fn: (f(self.__index__(), other) if isinstance(other, numbers.Real)
+                                                         else NotImplemented)
+        yield f"__r{name}__", lambda self, other, f=fn: f(other, self.__index__())
+
+
+for _name, _method in _operators():
+    setattr(SymInt, _name, _method)
 
 
 def pretty(expr: str) -> str:

@@ -83,15 +83,20 @@ class ReportRow:
 # --- jobs -------------------------------------------------------------------------------------
 
 
+def _split_options(constexprs: dict) -> tuple[dict, dict]:
+    """(constexprs, launch options): a launch's keyword arguments split into the kernel's
+    compile-time arguments and Triton's compile options."""
+    constexprs = dict(constexprs)
+    return constexprs, {name: constexprs.pop(name) for name in _OPTION_NAMES if name in constexprs}
+
+
 def _job(record_or_kernel, signature=None, constexprs=None, arch=90, options=None) -> dict:
     """A JSON-ready job from a LaunchRecord (its kernel, signature and constexprs) or a Kernel."""
     kernel = getattr(record_or_kernel, "kernel", record_or_kernel)
     signature = dict(signature if signature is not None else getattr(record_or_kernel, "signature", {}))
-    constexprs = dict(constexprs if constexprs is not None else getattr(record_or_kernel, "constexprs", {}))
-    options = dict(options or {})
-    for name in _OPTION_NAMES:
-        if name in constexprs:
-            options[name] = constexprs.pop(name)
+    constexprs, launch_options = _split_options(constexprs if constexprs is not None
+                                                else getattr(record_or_kernel, "constexprs", {}))
+    options = {**(options or {}), **launch_options}
     job = {"path": str(kernel.path), "name": kernel.name, "signature": signature, "constexprs": constexprs,
            "arch": int(arch), "options": options}
     try:
@@ -220,8 +225,7 @@ def compile_function(fn, signature: dict, constexprs: dict, arch: int, attrs=Non
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    constexprs = dict(constexprs)
-    options = {name: constexprs.pop(name) for name in _OPTION_NAMES if name in constexprs}
+    constexprs, options = _split_options(constexprs)
     # No a * b + c contracted into one rounding: each operation rounds as NumPy's does, so device
     # results match the CPU's (and the interpreter's) to the bit where the CPU's do.
     options.setdefault("enable_fp_fusion", False)
@@ -241,8 +245,7 @@ def load_or_compile(kernel, signature: dict, constexprs: dict, arch: int, attrs:
     compiled by Triton and cached. A hit reads two files and imports nothing: a warm start skips
     `triton.compile`, which even on a hit of Triton's own cache hashes Triton's sources first
     (about 0.4 s per process)."""
-    constexprs = dict(constexprs)
-    options = {name: constexprs.pop(name) for name in _OPTION_NAMES if name in constexprs}
+    constexprs, options = _split_options(constexprs)
     job = {"name": kernel.name, "signature": dict(signature), "constexprs": constexprs, "arch": int(arch),
            "options": options, "attrs": sorted([list(k), v] for k, v in (attrs or {}).items())}
     key = _key(kernel.source, job, _triton_version())
